@@ -1,0 +1,55 @@
+"""Per-request context in contextvars: request id and caller, readable from logs, spans and pool tasks.
+
+Both transports set it at the edge (`bind`), everything below reads it (`current`). It is copied into
+worker-pool tasks explicitly, because a process boundary carries no contextvars.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    request_id: str = ""
+    user: str = ""
+    transport: str = ""  # "http" | "grpc" | "" outside a request
+
+    def as_dict(self) -> dict[str, str]:
+        return {"request_id": self.request_id, "user": self.user, "transport": self.transport}
+
+
+_EMPTY = RequestContext()
+_current: ContextVar[RequestContext] = ContextVar("request_context", default=_EMPTY)
+
+
+def current() -> RequestContext:
+    return _current.get()
+
+
+def accept_request_id(candidate: str | None) -> str:
+    """Keep a caller's request id if it is well formed, otherwise make one (never trust it into logs raw)."""
+    if candidate and REQUEST_ID_RE.match(candidate):
+        return candidate
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def bind(ctx: RequestContext) -> Iterator[RequestContext]:
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+def set_user(user: str) -> None:
+    """Called by auth once the caller is known; the rest of the request sees it."""
+    _current.set(replace(_current.get(), user=user))
