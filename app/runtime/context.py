@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, replace
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -48,6 +48,15 @@ def bind(ctx: RequestContext) -> Iterator[RequestContext]:
         yield ctx
     finally:
         _current.reset(token)
+
+
+def enter(ctx: RequestContext) -> Token[RequestContext]:
+    """For frameworks whose request start and end are separate hooks (Flask before/teardown)."""
+    return _current.set(ctx)
+
+
+def leave(token: Token[RequestContext]) -> None:
+    _current.reset(token)
 
 
 def set_user(user: str) -> None:
