@@ -1,0 +1,197 @@
+"""Real processes: the API under gunicorn with 2 workers, the upstream, redis-server, all on free ports."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def instance(self) -> str:
+        return self.headers.get("x-instance-id", "")
+
+
+class LogTail:
+    """Collects a child's merged stdout/stderr lines on a thread (bounded), so pipes never fill up."""
+
+    def __init__(self, stream: Any, limit: int = 50_000) -> None:
+        self.lines: list[str] = []
+        self._limit = limit
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            if len(self.lines) < self._limit:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def json_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in list(self.lines):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: LogTail
+    port: int
+    grpc_port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
+                headers: dict[str, str] | None = None, raw: bytes | None = None,
+                timeout: float = 10.0) -> Response:
+        """One request on a fresh connection, so the kernel may hand it to any worker."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        hdrs = {"Connection": "close", **(headers or {})}
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        try:
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children")
+        try:
+            return [int(p) for p in children.read_text().split()]
+        except OSError:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], port: int, grpc_port: int = 0) -> Proc:
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "app", *args], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    assert popen.stdout is not None
+    return Proc(name, popen, LogTail(popen.stdout), port, grpc_port, env)
+
+
+def base_env(redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMETHEUS_"))}
+    env.update({
+        "APP_ENV": "dev",
+        "DEV_SECRETS_FILE": str(tmp_path / "dev-secrets.json"),
+        "REDIS_URL": redis_url,
+        "BIND_HOST": "127.0.0.1",
+        "GRACEFUL_TIMEOUT_S": "10",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def start_upstream(env: dict[str, str]) -> Proc:
+    port = free_port()
+    env = {**env, "UPSTREAM_PORT": str(port)}
+    proc = spawn("upstream", ["upstream"], env, port)
+    wait_until(lambda: proc.request("GET", "/healthz").status == 200, timeout=20,
+               message=f"upstream on {port} to be healthy\n{proc.log.text()}")
+    return proc
+
+
+def start_api(env: dict[str, str], upstream: Proc, workers: int = 2, **extra: str) -> Proc:
+    port, grpc_port = free_port(), free_port()
+    metrics_dir = Path(env["DEV_SECRETS_FILE"]).parent / f"metrics-{port}"
+    metrics_dir.mkdir()
+    env = {**env, "HTTP_PORT": str(port), "GRPC_PORT": str(grpc_port), "WEB_CONCURRENCY": str(workers),
+           "UPSTREAM_URL": f"http://127.0.0.1:{upstream.port}",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **extra}
+    proc = spawn("api", ["serve"], env, port, grpc_port)
+
+    def ready_everywhere() -> bool:
+        # Every worker ready: readiness answered 200 by as many distinct workers as configured.
+        seen = {r.instance for r in (proc.request("GET", "/readyz") for _ in range(20)) if r.status == 200}
+        return len(seen) >= workers
+
+    if proc.popen.poll() is not None:
+        raise AssertionError(proc.log.text())
+    wait_until(ready_everywhere, timeout=30, message=f"{workers} API workers to be ready\n{proc.log.text()}")
+    return proc
+
+
+def mint(env: dict[str, str], sub: str, scope: str = "read write admin", ttl: int = 600) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "token", "--sub", sub, "--scope", scope, "--ttl", str(ttl)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=True,
+    )
+    return out.stdout.strip()
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    upstream: Proc
+    api: Proc
+    admin_token: str
+
+    def token(self, sub: str, scope: str = "read write admin") -> str:
+        return mint(self.env, sub, scope)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Upstream + API (2 workers), shared by the tests of one module."""
+    tmp = tmp_path_factory.mktemp("stack")
+    env = base_env(redis_server, tmp)
+    upstream = start_upstream(env)
+    api = None
+    try:
+        api = start_api(env, upstream)
+        yield Stack(env, upstream, api, mint(env, "e2e-admin"))
+    finally:
+        if api is not None:
+            api.stop()
+        upstream.stop()

@@ -1,0 +1,161 @@
+"""Telemetry from the real deployment: OTLP to a receiver started here, /metrics aggregated over workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from app.rpc.platform.v1 import platform_pb2 as pb
+from tests.conftest import free_port, wait_until
+from tests.e2e.conftest import Proc, base_env, mint, start_api, start_upstream
+from tests.e2e.otlp_receiver import OtlpReceiver
+from tests.e2e.test_service import grpc_call
+
+pytestmark = pytest.mark.e2e
+
+FAST_EXPORT = {
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    "OTEL_METRIC_EXPORT_INTERVAL": "500",
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
+    "OTEL_BLRP_SCHEDULE_DELAY": "200",
+}
+
+
+@dataclass
+class OtlpStack:
+    receiver: OtlpReceiver
+    api: Proc
+    upstream: Proc
+    token: str
+
+
+@pytest.fixture(scope="module")
+def otlp_stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OtlpStack]:
+    receiver = OtlpReceiver().start()
+    env = base_env(redis_server, tmp_path_factory.mktemp("otlp"),
+                   OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, **FAST_EXPORT)
+    upstream = start_upstream(env)
+    api = start_api(env, upstream)
+    try:
+        yield OtlpStack(receiver, api, upstream, mint(env, "otlp-user"))
+    finally:
+        api.stop()
+        upstream.stop()
+        receiver.stop()
+
+
+def test_every_worker_exports_spans_metrics_and_logs(otlp_stack: OtlpStack) -> None:
+    rx = otlp_stack.receiver.received
+    served: set[str] = set()
+
+    def spread() -> bool:
+        r = otlp_stack.api.request("GET", "/v1/items/missing", token=otlp_stack.token)
+        served.add(r.instance)
+        grpc_call(otlp_stack.api, "GetQuote", pb.GetQuoteRequest(symbol="OTLP"), otlp_stack.token)
+        return len(served) >= 2
+
+    wait_until(spread, timeout=20, message="requests on both workers")
+
+    def api_instances(items: list[dict[str, object]]) -> set[object]:
+        return {res.get("service.instance.id") for res in items if res.get("service.name") == "platform-api"}
+
+    wait_until(lambda: len(api_instances([s.resource for s in rx.spans])) >= 2, timeout=20,
+               message="spans from 2 distinct service.instance.id")
+    wait_until(lambda: len(api_instances([res for res, _ in rx.metrics])) >= 2, timeout=20,
+               message="metrics from 2 distinct service.instance.id")
+    # The instance ids the service reports in X-Instance-Id are the ones on its telemetry.
+    assert served <= api_instances([s.resource for s in rx.spans])
+    wait_until(lambda: any(tid.strip("0") for _, tid, _, _ in rx.logs), timeout=20,
+               message="log records carrying a trace id")
+    names = {name for _, name in rx.metrics}
+    for expected in ("http.server.request.duration", "rpc.server.call.duration", "platform.eventloop.delay"):
+        assert expected in names
+
+
+def test_one_trace_runs_from_client_through_http_to_redis_and_upstream(otlp_stack: OtlpStack) -> None:
+    trace_id = uuid.uuid4().hex
+    parent = uuid.uuid4().hex[:16]
+    r = otlp_stack.api.request("GET", "/v1/quotes/TRCE", token=otlp_stack.token,
+                               headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    assert r.status == 200
+    rx = otlp_stack.receiver.received
+
+    def trace_complete() -> list[object] | None:
+        spans = [s for s in rx.spans if s.trace_id == trace_id]
+        services = {s.resource.get("service.name") for s in spans}
+        kinds = {s.kind for s in spans}
+        return spans if {"platform-api", "quotes-upstream"} <= services and 3 in kinds else None  # 3 = CLIENT
+
+    spans = wait_until(trace_complete, timeout=20, message="the trace to reach the upstream's spans")
+    server = [s for s in spans if s.kind == 2 and s.resource.get("service.name") == "platform-api"]  # type: ignore[attr-defined]
+    assert server and server[0].parent_span_id == parent  # type: ignore[attr-defined]
+    upstream_server = [s for s in spans if s.resource.get("service.name") == "quotes-upstream"]  # type: ignore[attr-defined]
+    assert upstream_server, "the upstream continued the trace (W3C traceparent over HTTP)"
+
+
+def test_metrics_endpoint_counts_exactly_n_requests_over_all_workers(otlp_stack: OtlpStack) -> None:
+    route = 'http_route="/v1/quotes/<symbol>"'
+
+    def count() -> float:
+        text = otlp_stack.api.request("GET", "/metrics").body.decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("http_server_request_duration_seconds_count{") and route in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    before = count()
+    served: set[str] = set()
+    n = 40
+    for _ in range(n):
+        r = otlp_stack.api.request("GET", "/v1/quotes/CNT", token=otlp_stack.token)
+        assert r.status == 200
+        served.add(r.instance)
+    assert len(served) == 2, "the N requests were spread over both workers"
+    wait_until(lambda: count() == before + n, timeout=15, message=f"/metrics to count exactly {n} more")
+
+
+def test_killed_worker_gauges_leave_metrics(otlp_stack: OtlpStack) -> None:
+    def workers_gauge() -> float:
+        text = otlp_stack.api.request("GET", "/metrics").body.decode()
+        match = re.search(r"^platform_workers (\S+)$", text, re.M)
+        return float(match.group(1)) if match else -1.0
+
+    wait_until(lambda: workers_gauge() == 2.0, timeout=15, message="platform_workers == 2")
+    victim = otlp_stack.api.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in otlp_stack.api.worker_pids() and len(otlp_stack.api.worker_pids()) == 2,
+               timeout=30, message="the worker to be replaced")
+    # Without child_exit marking it dead, the killed worker's 1 would still be summed in (3).
+    wait_until(lambda: workers_gauge() == 2.0, timeout=15, message="platform_workers back to 2, not 3")
+    metrics_dir = otlp_stack.api.env["PROMETHEUS_MULTIPROC_DIR"]
+    assert not [f for f in os.listdir(metrics_dir) if f.startswith("gauge_live") and f.endswith(f"_{victim}.db")]
+
+
+def test_unreachable_collector_slows_nothing_and_logs_once(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    closed = free_port()  # nothing listens here
+    env = base_env(redis_server, tmp_path_factory.mktemp("otlp-down"),
+                   OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed}", **FAST_EXPORT)
+    upstream = start_upstream(env)
+    api = start_api(env, upstream)
+    try:
+        token = mint(env, "otlp-down")
+        statuses = [api.request("GET", "/v1/items/nothing", token=token).status for _ in range(200)]
+        assert statuses == [404] * 200
+        text = api.log.text()
+        export_errors = [line for line in text.splitlines() if "export" in line.lower() and (
+            "fail" in line.lower() or "error" in line.lower() or "unavailable" in line.lower())]
+        # At most one report per signal per worker per interval: far fewer than one per request.
+        assert len(export_errors) <= 12, export_errors[:20]
+        assert "Traceback" not in text
+    finally:
+        api.stop()
+        upstream.stop()
