@@ -44,7 +44,8 @@ def post_fork(server: Any, worker: Any) -> None:
 
     assert ROLE is not None
     _worker["telemetry"] = init_telemetry(
-        ROLE.settings, service_name=ROLE.service_name, prometheus_multiproc_dir=ROLE.metrics_dir)
+        ROLE.settings, service_name=ROLE.service_name, prometheus_multiproc_dir=ROLE.metrics_dir
+    )
     configure_logging(ROLE.service_name)
 
 

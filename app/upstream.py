@@ -54,7 +54,11 @@ class FaultState:
         error_rate = body.get("error_rate", current.error_rate)
         latency_ms = body.get("latency_ms", current.latency_ms)
         ttl_s = body.get("ttl_s", 300)
-        if isinstance(error_rate, bool) or not isinstance(error_rate, int | float) or not 0 <= error_rate <= 1:
+        if (
+            isinstance(error_rate, bool)
+            or not isinstance(error_rate, int | float)
+            or not 0 <= error_rate <= 1
+        ):
             raise InvalidArgument("'error_rate' must be a number from 0 to 1", field="error_rate")
         if isinstance(latency_ms, bool) or not isinstance(latency_ms, int) or not 0 <= latency_ms <= 30_000:
             raise InvalidArgument("'latency_ms' must be an integer from 0 to 30000", field="latency_ms")

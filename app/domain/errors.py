@@ -29,11 +29,21 @@ class DomainError(Exception):
 
 
 class InvalidArgument(DomainError):
-    status, code, title, type_slug = 400, grpc.StatusCode.INVALID_ARGUMENT, "Invalid request", "invalid-argument"
+    status, code, title, type_slug = (
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Invalid request",
+        "invalid-argument",
+    )
 
 
 class Unauthenticated(DomainError):
-    status, code, title, type_slug = 401, grpc.StatusCode.UNAUTHENTICATED, "Unauthenticated", "unauthenticated"
+    status, code, title, type_slug = (
+        401,
+        grpc.StatusCode.UNAUTHENTICATED,
+        "Unauthenticated",
+        "unauthenticated",
+    )
 
 
 class PermissionDenied(DomainError):
@@ -50,11 +60,20 @@ class Conflict(DomainError):
 
 class PayloadTooLarge(DomainError):
     status, code, title, type_slug = (
-        413, grpc.StatusCode.RESOURCE_EXHAUSTED, "Payload too large", "payload-too-large")
+        413,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Payload too large",
+        "payload-too-large",
+    )
 
 
 class RateLimited(DomainError):
-    status, code, title, type_slug = 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "Too many requests", "rate-limited"
+    status, code, title, type_slug = (
+        429,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Too many requests",
+        "rate-limited",
+    )
 
 
 class Overloaded(DomainError):
@@ -67,7 +86,11 @@ class DependencyUnavailable(DomainError):
     """A dependency failed or its circuit is open and no fallback value exists."""
 
     status, code, title, type_slug = (
-        503, grpc.StatusCode.UNAVAILABLE, "Dependency unavailable", "dependency-unavailable")
+        503,
+        grpc.StatusCode.UNAVAILABLE,
+        "Dependency unavailable",
+        "dependency-unavailable",
+    )
 
 
 class DeadlineExceeded(DomainError):

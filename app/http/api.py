@@ -25,8 +25,13 @@ def item_json(item: Item) -> dict[str, Any]:
 
 
 def quote_json(quote: Quote) -> dict[str, Any]:
-    return {"symbol": quote.symbol, "price": quote.price, "currency": quote.currency,
-            "as_of": quote.as_of, "stale": quote.stale}
+    return {
+        "symbol": quote.symbol,
+        "price": quote.price,
+        "currency": quote.currency,
+        "as_of": quote.as_of,
+        "stale": quote.stale,
+    }
 
 
 @bp.get("/items/<key>")
@@ -42,7 +47,9 @@ def put_item(key: str) -> Response:
     if "value" not in body:
         raise InvalidArgument("'value' is required (any JSON value)", field="value")
     item = services().items.put(
-        key, body["value"], ttl_s=int_field(body, "ttl_s", required=False),
+        key,
+        body["value"],
+        ttl_s=int_field(body, "ttl_s", required=False),
         if_version=int_field(body, "if_version", required=False),
     )
     return jsonify(item_json(item))
@@ -60,15 +67,20 @@ def delete_item(key: str) -> Response:
 def encrypt() -> Response:
     body = json_body()
     sealed = services().crypto.encrypt(b64_field(body, "plaintext"), b64_field(body, "aad", required=False))
-    return jsonify({"key_id": sealed.key_id, "nonce": b64(sealed.nonce), "ciphertext": b64(sealed.ciphertext)})
+    return jsonify(
+        {"key_id": sealed.key_id, "nonce": b64(sealed.nonce), "ciphertext": b64(sealed.ciphertext)}
+    )
 
 
 @bp.post("/crypto/decrypt")
 @requires("write")
 def decrypt() -> Response:
     body = json_body()
-    sealed = Sealed(key_id=str_field(body, "key_id"), nonce=b64_field(body, "nonce"),
-                    ciphertext=b64_field(body, "ciphertext"))
+    sealed = Sealed(
+        key_id=str_field(body, "key_id"),
+        nonce=b64_field(body, "nonce"),
+        ciphertext=b64_field(body, "ciphertext"),
+    )
     plaintext = services().crypto.decrypt(sealed, b64_field(body, "aad", required=False))
     return jsonify({"plaintext": b64(plaintext)})
 
@@ -101,11 +113,19 @@ def compute_hash() -> Response:
         raise InvalidArgument("'params' must be an object of integers", field="params")
     salt = b64_field(body, "salt", required=False) or None
     result = services().compute.hash(
-        b64_field(body, "password"), algorithm=str_field(body, "algorithm", default="scrypt"),
-        salt=salt, params=params,
+        b64_field(body, "password"),
+        algorithm=str_field(body, "algorithm", default="scrypt"),
+        salt=salt,
+        params=params,
     )
-    return jsonify({"algorithm": result.algorithm, "salt": b64(result.salt), "digest": b64(result.digest),
-                    "params": result.params})
+    return jsonify(
+        {
+            "algorithm": result.algorithm,
+            "salt": b64(result.salt),
+            "digest": b64(result.digest),
+            "params": result.params,
+        }
+    )
 
 
 @bp.post("/compute/primes")

@@ -43,7 +43,11 @@ def problem(
 
 def from_domain(err: DomainError) -> Response:
     return problem(
-        err.status, err.title, err.detail, type_uri=err.type_uri, field=err.field,
+        err.status,
+        err.title,
+        err.detail,
+        type_uri=err.type_uri,
+        field=err.field,
         retry_after_s=err.retry_after_s,
     )
 

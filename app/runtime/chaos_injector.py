@@ -25,8 +25,12 @@ def hold_gil(ms: int) -> None:
 
 
 class ChaosInjector:
-    def __init__(self, get_state: Callable[[], ChaosState], loop: asyncio.AbstractEventLoop | None,
-                 period_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        get_state: Callable[[], ChaosState],
+        loop: asyncio.AbstractEventLoop | None,
+        period_s: float = 1.0,
+    ) -> None:
         self._get_state = get_state
         self._loop = loop
         self._period_s = period_s

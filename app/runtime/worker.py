@@ -55,7 +55,8 @@ class WorkerRuntime:
             grace = self.settings.graceful_timeout_s
             if self.grpc is not None:
                 self._grpc_stopper = threading.Thread(
-                    target=self.grpc.stop, args=(grace,), name="grpc-stop", daemon=True)
+                    target=self.grpc.stop, args=(grace,), name="grpc-stop", daemon=True
+                )
                 self._grpc_stopper.start()
 
     def stop(self, timeout_s: float | None = None) -> None:

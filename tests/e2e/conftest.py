@@ -73,9 +73,17 @@ class Proc:
     grpc_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
 
-    def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-                headers: dict[str, str] | None = None, raw: bytes | None = None,
-                timeout: float = 10.0) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> Response:
         """One request on a fresh connection, so the kernel may hand it to any worker."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         hdrs = {"Connection": "close", **(headers or {})}
@@ -112,8 +120,11 @@ class Proc:
 
 def spawn(name: str, args: list[str], env: dict[str, str], port: int, grpc_port: int = 0) -> Proc:
     popen = subprocess.Popen(
-        [sys.executable, "-m", "app", *args], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "app", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     assert popen.stdout is not None
     return Proc(name, popen, LogTail(popen.stdout), port, grpc_port, env)
@@ -121,14 +132,16 @@ def spawn(name: str, args: list[str], env: dict[str, str], port: int, grpc_port:
 
 def base_env(redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMETHEUS_"))}
-    env.update({
-        "APP_ENV": "dev",
-        "DEV_SECRETS_FILE": str(tmp_path / "dev-secrets.json"),
-        "REDIS_URL": redis_url,
-        "BIND_HOST": "127.0.0.1",
-        "GRACEFUL_TIMEOUT_S": "10",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "APP_ENV": "dev",
+            "DEV_SECRETS_FILE": str(tmp_path / "dev-secrets.json"),
+            "REDIS_URL": redis_url,
+            "BIND_HOST": "127.0.0.1",
+            "GRACEFUL_TIMEOUT_S": "10",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -137,8 +150,11 @@ def start_upstream(env: dict[str, str]) -> Proc:
     port = free_port()
     env = {**env, "UPSTREAM_PORT": str(port)}
     proc = spawn("upstream", ["upstream"], env, port)
-    wait_until(lambda: proc.request("GET", "/healthz").status == 200, timeout=20,
-               message=f"upstream on {port} to be healthy\n{proc.log.text()}")
+    wait_until(
+        lambda: proc.request("GET", "/healthz").status == 200,
+        timeout=20,
+        message=f"upstream on {port} to be healthy\n{proc.log.text()}",
+    )
     return proc
 
 
@@ -146,9 +162,15 @@ def start_api(env: dict[str, str], upstream: Proc, workers: int = 2, **extra: st
     port, grpc_port = free_port(), free_port()
     metrics_dir = Path(env["DEV_SECRETS_FILE"]).parent / f"metrics-{port}"
     metrics_dir.mkdir()
-    env = {**env, "HTTP_PORT": str(port), "GRPC_PORT": str(grpc_port), "WEB_CONCURRENCY": str(workers),
-           "UPSTREAM_URL": f"http://127.0.0.1:{upstream.port}",
-           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **extra}
+    env = {
+        **env,
+        "HTTP_PORT": str(port),
+        "GRPC_PORT": str(grpc_port),
+        "WEB_CONCURRENCY": str(workers),
+        "UPSTREAM_URL": f"http://127.0.0.1:{upstream.port}",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **extra,
+    }
     proc = spawn("api", ["serve"], env, port, grpc_port)
 
     def ready_everywhere() -> bool:
@@ -165,7 +187,12 @@ def start_api(env: dict[str, str], upstream: Proc, workers: int = 2, **extra: st
 def mint(env: dict[str, str], sub: str, scope: str = "read write admin", ttl: int = 600) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "app", "token", "--sub", sub, "--scope", scope, "--ttl", str(ttl)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return out.stdout.strip()
 

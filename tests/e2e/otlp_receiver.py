@@ -48,14 +48,24 @@ class _Trace(trace_grpc.TraceServiceServicer):  # type: ignore[misc]
     def __init__(self, rx: Received) -> None:
         self.rx = rx
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+    def Export(self, request: Any, context: Any) -> Any:
         with self.rx.lock:
             for rs in request.resource_spans:
                 res = attrs(rs.resource.attributes)
                 for ss in rs.scope_spans:
                     for s in ss.spans:
-                        self.rx.spans.append(Span(res, s.name, s.kind, s.trace_id.hex(), s.span_id.hex(),
-                                                  s.parent_span_id.hex(), attrs(s.attributes), s.status.code))
+                        self.rx.spans.append(
+                            Span(
+                                res,
+                                s.name,
+                                s.kind,
+                                s.trace_id.hex(),
+                                s.span_id.hex(),
+                                s.parent_span_id.hex(),
+                                attrs(s.attributes),
+                                s.status.code,
+                            )
+                        )
         return trace_pb.ExportTraceServiceResponse()
 
 
@@ -63,7 +73,7 @@ class _Metrics(metrics_grpc.MetricsServiceServicer):  # type: ignore[misc]
     def __init__(self, rx: Received) -> None:
         self.rx = rx
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: Any) -> Any:
         with self.rx.lock:
             for rm in request.resource_metrics:
                 res = attrs(rm.resource.attributes)
@@ -77,7 +87,7 @@ class _Logs(logs_grpc.LogsServiceServicer):  # type: ignore[misc]
     def __init__(self, rx: Received) -> None:
         self.rx = rx
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: Any) -> Any:
         with self.rx.lock:
             for rl in request.resource_logs:
                 res = attrs(rl.resource.attributes)

@@ -21,7 +21,9 @@ from tests.e2e.conftest import Proc, Stack, base_env, mint, start_api, start_ups
 pytestmark = pytest.mark.e2e
 
 
-def grpc_call(proc: Proc, method: str, request: Any, token: str | None, timeout: float = 10.0) -> tuple[Any, str]:
+def grpc_call(
+    proc: Proc, method: str, request: Any, token: str | None, timeout: float = 10.0
+) -> tuple[Any, str]:
     """One RPC on a fresh channel (a fresh connection, so SO_REUSEPORT may pick any worker)."""
     with grpc.insecure_channel(f"127.0.0.1:{proc.grpc_port}") as channel:
         stub = pb_grpc.PlatformServiceStub(channel)
@@ -87,7 +89,7 @@ def test_write_in_one_worker_is_read_fresh_in_the_other(stack: Stack) -> None:
         written_at = time.monotonic()
         fresh: set[str] = set()
 
-        def every_worker_fresh(expected: str = f"v{n}") -> bool:
+        def every_worker_fresh(expected: str = f"v{n}", fresh: set[str] = fresh) -> bool:
             r = stack.api.request("GET", f"/v1/items/{key}", token=token)
             if r.json()["value"] == expected:
                 fresh.add(r.instance)
@@ -109,8 +111,13 @@ def test_bad_input_gets_problem_json_naming_the_field(stack: Stack) -> None:
         ("PUT", "/v1/items/k1", {"body": {"value": 1, "ttl_s": -5}}, 400, "ttl_s"),
         ("PUT", "/v1/items/k1", {"body": {"value": 1, "ttl_s": "soon"}}, 400, "ttl_s"),
         ("POST", "/v1/crypto/encrypt", {"body": {"plaintext": "%%%"}}, 400, "plaintext"),
-        ("POST", "/v1/crypto/decrypt", {"body": {"key_id": "nope", "nonce": "AAAA", "ciphertext": "AAAA"}},
-         400, None),
+        (
+            "POST",
+            "/v1/crypto/decrypt",
+            {"body": {"key_id": "nope", "nonce": "AAAA", "ciphertext": "AAAA"}},
+            400,
+            None,
+        ),
         ("POST", "/v1/compute/primes", {"body": {"limit": 10**12}}, 400, "limit"),
         ("POST", "/v1/compute/hash", {"body": {"password": "cA==", "algorithm": "md5"}}, 400, "algorithm"),
         ("POST", "/v1/compute/hash", {"body": {"password": "cA==", "params": {"n": 3}}}, 400, "params.n"),
@@ -134,20 +141,32 @@ def test_bad_input_gets_problem_json_naming_the_field(stack: Stack) -> None:
 
     # Body over MAX_BODY_BYTES (1 MiB default): 413, nothing read past the limit.
     big = b'{"value": "' + b"x" * (1024 * 1024 + 10) + b'"}'
-    r = stack.api.request("PUT", "/v1/items/big", token=token, raw=big, headers={"Content-Type": "application/json"})
+    r = stack.api.request(
+        "PUT", "/v1/items/big", token=token, raw=big, headers={"Content-Type": "application/json"}
+    )
     assert r.status == 413 and r.json()["status"] == 413
 
     # Auth: missing, malformed, forged alg=none, expired, wrong scope.
-    none_alg = (base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=") + b"."
-                + base64.urlsafe_b64encode(b'{"sub":"x","scope":"read","exp":9999999999}').rstrip(b"=") + b".")
+    none_alg = (
+        base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=")
+        + b"."
+        + base64.urlsafe_b64encode(b'{"sub":"x","scope":"read","exp":9999999999}').rstrip(b"=")
+        + b"."
+    )
     for header, status in [
-        (None, 401), ("Basic abc", 401), ("Bearer not.a.jwt", 401), (f"Bearer {none_alg.decode()}", 401),
+        (None, 401),
+        ("Basic abc", 401),
+        ("Bearer not.a.jwt", 401),
+        (f"Bearer {none_alg.decode()}", 401),
     ]:
         r = stack.api.request("GET", "/v1/items/x", headers={"Authorization": header} if header else None)
         assert r.status == status and r.json()["status"] == status
     expired = mint(stack.env, "late", ttl=1)
-    wait_until(lambda: stack.api.request("GET", "/v1/items/x", token=expired).status == 401, timeout=15,
-               message="a token past its exp (with 5 s leeway) to be refused")
+    wait_until(
+        lambda: stack.api.request("GET", "/v1/items/x", token=expired).status == 401,
+        timeout=15,
+        message="a token past its exp (with 5 s leeway) to be refused",
+    )
     r = stack.api.request("PUT", "/v1/items/x", {"value": 1}, token=reader)
     assert r.status == 403 and r.json()["status"] == 403
     r = stack.api.request("GET", "/admin/chaos", token=reader)
@@ -161,7 +180,12 @@ def test_bad_input_gets_problem_json_naming_the_field(stack: Stack) -> None:
         ("GetItem", pb.GetItemRequest(key="never-written"), token, grpc.StatusCode.NOT_FOUND),
         ("GetItem", pb.GetItemRequest(key="k"), None, grpc.StatusCode.UNAUTHENTICATED),
         ("GetItem", pb.GetItemRequest(key="k"), "garbage", grpc.StatusCode.UNAUTHENTICATED),
-        ("PutItem", pb.PutItemRequest(key="k", value=json_value("v")), reader, grpc.StatusCode.PERMISSION_DENIED),
+        (
+            "PutItem",
+            pb.PutItemRequest(key="k", value=json_value("v")),
+            reader,
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
     ]
     for method, request, tok, code in cases_grpc:
         err = grpc_error(stack.api, method, request, tok)
@@ -212,7 +236,9 @@ def test_failing_upstream_opens_breaker_and_serves_stale(stack: Stack) -> None:
         stack.upstream.request("POST", "/chaos", {"reset": True}, token=admin)
 
 
-def test_rate_limit_is_shared_across_workers(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_rate_limit_is_shared_across_workers(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     tmp = tmp_path_factory.mktemp("ratelimit")
     env = base_env(redis_server, tmp)
     upstream = start_upstream(env)
@@ -252,8 +278,10 @@ def test_sigterm_with_requests_in_flight_loses_none(
         assert upstream.request("POST", "/chaos", {"latency_ms": 600, "ttl_s": 60}, token=admin).status == 200
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             http_calls = [pool.submit(api.request, "GET", "/v1/quotes/SLOW", token=token) for _ in range(8)]
-            grpc_calls = [pool.submit(grpc_call, api, "GetQuote", pb.GetQuoteRequest(symbol="SLOW"), token)
-                          for _ in range(8)]
+            grpc_calls = [
+                pool.submit(grpc_call, api, "GetQuote", pb.GetQuoteRequest(symbol="SLOW"), token)
+                for _ in range(8)
+            ]
             wait_until(lambda: api.request("GET", "/healthz").status == 200, message="service up")
             time.sleep(0.2)  # not a condition wait: lets the 16 calls reach the upstream before the signal
             api.popen.send_signal(signal.SIGTERM)
@@ -316,7 +344,7 @@ def test_sighup_reload_fails_no_request(stack: Stack) -> None:
             if r.status != 200:
                 failures.append(f"http {r.status}")
             grpc_call(stack.api, "GetQuote", pb.GetQuoteRequest(symbol="HUP"), token)
-        except Exception as exc:  # noqa: BLE001 - any failure is what this test counts
+        except Exception as exc:
             failures.append(repr(exc))
         done += 1
         if replaced():

@@ -38,8 +38,12 @@ class OtlpStack:
 @pytest.fixture(scope="module")
 def otlp_stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OtlpStack]:
     receiver = OtlpReceiver().start()
-    env = base_env(redis_server, tmp_path_factory.mktemp("otlp"),
-                   OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, **FAST_EXPORT)
+    env = base_env(
+        redis_server,
+        tmp_path_factory.mktemp("otlp"),
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        **FAST_EXPORT,
+    )
     upstream = start_upstream(env)
     api = start_api(env, upstream)
     try:
@@ -65,14 +69,23 @@ def test_every_worker_exports_spans_metrics_and_logs(otlp_stack: OtlpStack) -> N
     def api_instances(items: list[dict[str, object]]) -> set[object]:
         return {res.get("service.instance.id") for res in items if res.get("service.name") == "platform-api"}
 
-    wait_until(lambda: len(api_instances([s.resource for s in rx.spans])) >= 2, timeout=20,
-               message="spans from 2 distinct service.instance.id")
-    wait_until(lambda: len(api_instances([res for res, _ in rx.metrics])) >= 2, timeout=20,
-               message="metrics from 2 distinct service.instance.id")
+    wait_until(
+        lambda: len(api_instances([s.resource for s in rx.spans])) >= 2,
+        timeout=20,
+        message="spans from 2 distinct service.instance.id",
+    )
+    wait_until(
+        lambda: len(api_instances([res for res, _ in rx.metrics])) >= 2,
+        timeout=20,
+        message="metrics from 2 distinct service.instance.id",
+    )
     # The instance ids the service reports in X-Instance-Id are the ones on its telemetry.
     assert served <= api_instances([s.resource for s in rx.spans])
-    wait_until(lambda: any(tid.strip("0") for _, tid, _, _ in rx.logs), timeout=20,
-               message="log records carrying a trace id")
+    wait_until(
+        lambda: any(tid.strip("0") for _, tid, _, _ in rx.logs),
+        timeout=20,
+        message="log records carrying a trace id",
+    )
     names = {name for _, name in rx.metrics}
     for expected in ("http.server.request.duration", "rpc.server.call.duration", "platform.eventloop.delay"):
         assert expected in names
@@ -81,8 +94,12 @@ def test_every_worker_exports_spans_metrics_and_logs(otlp_stack: OtlpStack) -> N
 def test_one_trace_runs_from_client_through_http_to_redis_and_upstream(otlp_stack: OtlpStack) -> None:
     trace_id = uuid.uuid4().hex
     parent = uuid.uuid4().hex[:16]
-    r = otlp_stack.api.request("GET", "/v1/quotes/TRCE", token=otlp_stack.token,
-                               headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    r = otlp_stack.api.request(
+        "GET",
+        "/v1/quotes/TRCE",
+        token=otlp_stack.token,
+        headers={"traceparent": f"00-{trace_id}-{parent}-01"},
+    )
     assert r.status == 200
     rx = otlp_stack.receiver.received
 
@@ -130,20 +147,29 @@ def test_killed_worker_gauges_leave_metrics(otlp_stack: OtlpStack) -> None:
     wait_until(lambda: workers_gauge() == 2.0, timeout=15, message="platform_workers == 2")
     victim = otlp_stack.api.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: victim not in otlp_stack.api.worker_pids() and len(otlp_stack.api.worker_pids()) == 2,
-               timeout=30, message="the worker to be replaced")
+    wait_until(
+        lambda: victim not in otlp_stack.api.worker_pids() and len(otlp_stack.api.worker_pids()) == 2,
+        timeout=30,
+        message="the worker to be replaced",
+    )
     # Without child_exit marking it dead, the killed worker's 1 would still be summed in (3).
     wait_until(lambda: workers_gauge() == 2.0, timeout=15, message="platform_workers back to 2, not 3")
     metrics_dir = otlp_stack.api.env["PROMETHEUS_MULTIPROC_DIR"]
-    assert not [f for f in os.listdir(metrics_dir) if f.startswith("gauge_live") and f.endswith(f"_{victim}.db")]
+    assert not [
+        f for f in os.listdir(metrics_dir) if f.startswith("gauge_live") and f.endswith(f"_{victim}.db")
+    ]
 
 
 def test_unreachable_collector_slows_nothing_and_logs_once(
     redis_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     closed = free_port()  # nothing listens here
-    env = base_env(redis_server, tmp_path_factory.mktemp("otlp-down"),
-                   OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed}", **FAST_EXPORT)
+    env = base_env(
+        redis_server,
+        tmp_path_factory.mktemp("otlp-down"),
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed}",
+        **FAST_EXPORT,
+    )
     upstream = start_upstream(env)
     api = start_api(env, upstream)
     try:
@@ -151,8 +177,12 @@ def test_unreachable_collector_slows_nothing_and_logs_once(
         statuses = [api.request("GET", "/v1/items/nothing", token=token).status for _ in range(200)]
         assert statuses == [404] * 200
         text = api.log.text()
-        export_errors = [line for line in text.splitlines() if "export" in line.lower() and (
-            "fail" in line.lower() or "error" in line.lower() or "unavailable" in line.lower())]
+        export_errors = [
+            line
+            for line in text.splitlines()
+            if "export" in line.lower()
+            and ("fail" in line.lower() or "error" in line.lower() or "unavailable" in line.lower())
+        ]
         # At most one report per signal per worker per interval: far fewer than one per request.
         assert len(export_errors) <= 12, export_errors[:20]
         assert "Traceback" not in text
