@@ -1,4 +1,4 @@
-"""gunicorn config for the baseline and for `opentelemetry-instrument`: the service's worker settings, no hooks."""
+"""gunicorn config for the baseline and for `opentelemetry-instrument`: the service's worker settings."""
 
 import os
 

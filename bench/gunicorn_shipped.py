@@ -1,4 +1,4 @@
-"""gunicorn config with the service's own telemetry wiring: the hooks of app.gunicorn_conf, JSON access log."""
+"""gunicorn config with the service's own telemetry: the hooks of app.gunicorn_conf, JSON access log."""
 
 import os
 
