@@ -1,0 +1,79 @@
+"""The slice of the domain services the gRPC adapter calls (the signatures of docs/design.md).
+
+Structural types keep the adapter independent of how `build_services` wires things, and let the
+concrete services object (or anything with the same methods) plug in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from app.domain.models import (
+    JSON,
+    HashResult,
+    Item,
+    PrimeCount,
+    Principal,
+    Quote,
+    RateDecision,
+    Sealed,
+    Signature,
+)
+
+
+class ItemsPort(Protocol):
+    def get(self, key: str) -> Item: ...
+    def put(
+        self, key: str, value: JSON, *, ttl_s: int | None = None, if_version: int | None = None
+    ) -> Item: ...
+    def delete(self, key: str) -> None: ...
+
+
+class CryptoPort(Protocol):
+    def encrypt(self, plaintext: bytes, aad: bytes = b"") -> Sealed: ...
+    def decrypt(self, sealed: Sealed, aad: bytes = b"") -> bytes: ...
+    def sign(self, message: bytes) -> Signature: ...
+    def verify(self, message: bytes, signature: bytes, public_key: bytes | None = None) -> bool: ...
+
+
+class ComputePort(Protocol):
+    def hash(
+        self,
+        password: bytes,
+        *,
+        algorithm: str = "scrypt",
+        salt: bytes | None = None,
+        params: Mapping[str, int] | None = None,
+    ) -> HashResult: ...
+    def primes(self, limit: int) -> PrimeCount: ...
+
+
+class QuotesPort(Protocol):
+    def get(self, symbol: str) -> Quote: ...
+
+
+class AuthPort(Protocol):
+    def authenticate(self, authorization_header: str | None) -> Principal: ...
+    def authorize(self, principal: Principal, scope: str) -> None: ...
+
+
+class RateLimiterPort(Protocol):
+    def check(self, client_id: str) -> RateDecision: ...
+
+
+class RpcServices(Protocol):
+    """What the gRPC server needs from `build_services(settings)`."""
+
+    @property
+    def items(self) -> ItemsPort: ...
+    @property
+    def crypto(self) -> CryptoPort: ...
+    @property
+    def compute(self) -> ComputePort: ...
+    @property
+    def quotes(self) -> QuotesPort: ...
+    @property
+    def auth(self) -> AuthPort: ...
+    @property
+    def ratelimiter(self) -> RateLimiterPort: ...
