@@ -1,0 +1,326 @@
+"""JSON items in Redis (the source of truth) with an in-process TTL cache in front.
+
+Layout: one hash per item, `platform:item:<key>` = {value: <json>, version: <int>}. A put is one Lua
+script (one round trip, atomic): it checks `if_version` (0 means "must not exist"), bumps the version,
+sets or clears the expiry and PUBLISHes `<version>:<key>` on `platform:items:invalidate`. A delete is
+DEL + PUBLISH in one MULTI/EXEC.
+
+Cache coherence across workers (and instances):
+- every worker runs a listener thread subscribed to the channel; a message evicts the key unless the
+  cached copy already has that message's version (the writer's own fresh entry survives its own echo);
+- while the listener is not subscribed the cache is bypassed entirely (neither read nor filled), and on
+  every (re)subscription the whole cache is cleared, so a message missed while disconnected cannot
+  leave stale data behind once the listener is back;
+- a fill (after a read or a write) only lands if no invalidation was processed since the Redis call
+  began (a global generation counter), so a slow reader cannot put back a value that a concurrent
+  write already invalidated.
+Staleness bound: another worker sees a write as soon as the pub/sub message reaches it, typically well
+under a few milliseconds on a LAN; if the listener is wedged without noticing, its heartbeat (a PING
+every second, reconnect after 3 s of silence) bounds that case; `cache_ttl_s` is the final backstop.
+An item's own Redis TTL also caps its cached life, so a cached item never outlives its expiry.
+
+Values handed out are shared with the cache: treat them as read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from cachetools import TTLCache
+from opentelemetry import metrics
+
+from app.domain.chaos import ChaosControl
+from app.domain.errors import Conflict, DependencyUnavailable, InvalidArgument, NotFound, PayloadTooLarge
+from app.domain.models import JSON, Item
+from app.resilience.gauges import Reading, shared_gauge
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ITEM_PREFIX = "platform:item:"
+CHANNEL = "platform:items:invalidate"
+MAX_TTL_S = 31_536_000
+MAX_VALUE_BYTES = 1024 * 1024
+CACHEABLE_MAX_BYTES = 64 * 1024  # bigger values are served from Redis only, to bound the cache's memory
+LISTEN_POLL_S = 0.25
+HEARTBEAT_S = 1.0
+SILENCE_LIMIT_S = 3.0
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.05, 2.0
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
+
+_PUT_SCRIPT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then
+  return {-1, current}
+end
+local version = current + 1
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'version', version)
+if ARGV[2] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  redis.call('PERSIST', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[4], version .. ':' .. ARGV[5])
+return {version, current}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    item: Item  # ttl_s left None; computed from expires_at when served
+    expires_at: float | None  # monotonic time the Redis TTL ends, if any
+
+
+class ItemStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        chaos: ChaosControl | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = client
+        self._chaos = chaos
+        self._clock = clock
+        self._put_script = client.register_script(_PUT_SCRIPT)
+        self._lock = threading.Lock()
+        self._cache: TTLCache[str, _Entry] = TTLCache(
+            maxsize=settings.cache_max_items, ttl=settings.cache_ttl_s, timer=clock
+        )
+        self._generation = 0
+        self._connected = False
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._rng = random.Random()
+
+        meter = metrics.get_meter("app.domain.items")
+        self._duration = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of Redis operations",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._requests = meter.create_counter(
+            "platform.cache.requests", unit="{request}", description="In-process cache lookups"
+        )
+        self._unregister_gauge = shared_gauge(
+            "app.domain.items", "platform.cache.size", unit="{entry}", description="Entries in a cache"
+        ).add(self._size_readings)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the invalidation listener (a daemon thread); the cache is used once it is subscribed."""
+        if self._listener is not None:
+            return
+        self._stop.clear()
+        self._listener = threading.Thread(target=self._listen, name="items-invalidation", daemon=True)
+        self._listener.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout)
+            self._listener = None
+        self._unregister_gauge()
+
+    @property
+    def listener_connected(self) -> bool:
+        return self._connected
+
+    def cache_len(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    # -- operations -------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Item:
+        _check_key(key)
+        if self._connected:
+            with self._lock:
+                entry = self._cache.get(key)
+            if entry is not None:
+                ttl_s = self._remaining_ttl(entry)
+                if ttl_s is None or ttl_s > 0:
+                    self._requests.add(1, {"cache": "items", "result": "hit"})
+                    return Item(key, entry.item.value, entry.item.version, ttl_s)
+        self._requests.add(1, {"cache": "items", "result": "miss"})
+        generation = self._generation
+
+        def read() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hgetall(ITEM_PREFIX + key)
+            pipe.pttl(ITEM_PREFIX + key)
+            return pipe.execute()
+
+        fields, pttl_ms = self._call("HGETALL", read)
+        if not fields or b"value" not in fields:
+            raise NotFound(f"no item with key {key!r}", field="key")
+        value_raw: bytes = fields[b"value"]
+        item = Item(key, json.loads(value_raw), int(fields[b"version"]))
+        ttl_ms = pttl_ms if isinstance(pttl_ms, int) and pttl_ms > 0 else None
+        self._fill(key, item, ttl_ms, generation, len(value_raw))
+        return Item(key, item.value, item.version, _ceil_s(ttl_ms))
+
+    def put(self, key: str, value: JSON, *, ttl_s: int | None = None, if_version: int | None = None) -> Item:
+        _check_key(key)
+        if ttl_s is not None and (
+            isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S
+        ):
+            raise InvalidArgument(f"must be an integer from 1 to {MAX_TTL_S}", field="ttl_s")
+        if if_version is not None and (
+            isinstance(if_version, bool) or not isinstance(if_version, int) or if_version < 0
+        ):
+            raise InvalidArgument(
+                "must be a non-negative integer (0: the item must not exist)", field="if_version"
+            )
+        try:
+            encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            raise InvalidArgument("must be a JSON value (no NaN or Infinity)", field="value") from None
+        size = len(encoded.encode())
+        if size > MAX_VALUE_BYTES:
+            raise PayloadTooLarge(f"must be at most {MAX_VALUE_BYTES} bytes as JSON", field="value")
+        generation = self._generation
+        ttl_arg = "" if ttl_s is None else str(ttl_s * 1000)
+        version_arg = "" if if_version is None else str(if_version)
+        result = self._call(
+            "EVALSHA",
+            lambda: self._put_script(
+                keys=[ITEM_PREFIX + key], args=[encoded, ttl_arg, version_arg, CHANNEL, key]
+            ),
+        )
+        version, current = int(result[0]), int(result[1])
+        if version < 0:
+            raise Conflict(f"item is at version {current}, not {if_version}", field="if_version")
+        # Decode what was stored, so this worker's copy equals what any other worker reads from Redis.
+        item = Item(key, json.loads(encoded), version)
+        self._fill(key, item, None if ttl_s is None else ttl_s * 1000, generation, size)
+        return Item(key, item.value, version, ttl_s)
+
+    def delete(self, key: str) -> None:
+        _check_key(key)
+
+        def remove() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.delete(ITEM_PREFIX + key)
+            pipe.publish(CHANNEL, f"0:{key}")
+            return pipe.execute()
+
+        with self._lock:
+            self._cache.pop(key, None)
+        deleted, _receivers = self._call("DEL", remove)
+        if not deleted:
+            raise NotFound(f"no item with key {key!r}", field="key")
+
+    # -- redis and cache helpers ------------------------------------------------------------------------
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        if self._chaos is not None:
+            self._chaos.maybe_fail_redis()
+        start = time.perf_counter()
+        try:
+            return fn()
+        except REDIS_DOWN as exc:
+            raise DependencyUnavailable("redis unavailable", retry_after_s=1) from exc
+        finally:
+            self._duration.record(
+                time.perf_counter() - start, {"db.system.name": "redis", "db.operation.name": operation}
+            )
+
+    def _fill(self, key: str, item: Item, ttl_ms: int | None, generation: int, size: int) -> None:
+        expires_at = None if ttl_ms is None else self._clock() + ttl_ms / 1000
+        with self._lock:
+            if self._connected and self._generation == generation and size <= CACHEABLE_MAX_BYTES:
+                self._cache[key] = _Entry(item, expires_at)
+            else:
+                self._cache.pop(key, None)
+
+    def _remaining_ttl(self, entry: _Entry) -> int | None:
+        if entry.expires_at is None:
+            return None
+        return math.ceil(entry.expires_at - self._clock())
+
+    def _size_readings(self) -> Iterable[Reading]:
+        return [(float(self.cache_len()), {"cache": "items"})]
+
+    # -- invalidation listener --------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        backoff = RECONNECT_MIN_S
+        while not self._stop.is_set():
+            pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(CHANNEL)
+                last_heard = last_ping = self._clock()
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=LISTEN_POLL_S)
+                    now = self._clock()
+                    if message is not None:
+                        last_heard = now
+                        if message["type"] == "message":
+                            self._invalidate(message["data"])
+                        elif message["type"] == "subscribe":
+                            self._set_connected(True)
+                            backoff = RECONNECT_MIN_S
+                    if now - last_ping >= HEARTBEAT_S:
+                        pubsub.ping()
+                        last_ping = now
+                    if now - last_heard > SILENCE_LIMIT_S:
+                        raise redis.exceptions.ConnectionError("no answer to heartbeats")
+            except Exception as exc:  # any failure: drop the connection, bypass the cache, reconnect
+                if self._connected:
+                    log.warning("cache invalidation listener lost redis (%s); bypassing the cache", exc)
+            finally:
+                self._set_connected(False)
+                with contextlib.suppress(Exception):  # the connection is being discarded anyway
+                    pubsub.close()
+            self._stop.wait(self._rng.uniform(backoff / 2, backoff))
+            backoff = min(RECONNECT_MAX_S, backoff * 2)
+
+    def _set_connected(self, connected: bool) -> None:
+        with self._lock:
+            # Clear on every change: on connect because messages may have been missed, on disconnect
+            # because the entries can no longer be trusted (and free their memory meanwhile).
+            self._cache.clear()
+            self._generation += 1
+            was, self._connected = self._connected, connected
+        if connected and not was:
+            log.info("cache invalidation listener subscribed; cache enabled")
+
+    def _invalidate(self, data: bytes) -> None:
+        version_text, _, key = data.decode(errors="replace").partition(":")
+        try:
+            version = int(version_text)
+        except ValueError:
+            version = -1
+        with self._lock:
+            self._generation += 1
+            entry = self._cache.get(key)
+            if entry is None or entry.item.version != version:
+                self._cache.pop(key, None)
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise InvalidArgument("must be 1 to 128 of A-Z a-z 0-9 . _ : -", field="key")
+
+
+def _ceil_s(ttl_ms: int | None) -> int | None:
+    return None if ttl_ms is None else math.ceil(ttl_ms / 1000)
