@@ -1,0 +1,305 @@
+"""JSON logs on stdout and over OTLP, correlated with traces and requests, with secrets scrubbed.
+
+Every handler we install carries the same `RecordPreparer` filter. It runs once per record (the first
+handler to see it), before any formatting or export, and:
+- replaces secrets (app.telemetry.redaction) in the message, the extra attributes and exception text;
+- adds the correlation fields: service, trace_id/span_id of the current span, request_id/user of the
+  current request context (app.runtime.context), pid.
+Both the stdout JSON handler and the OTel LoggingHandler therefore see the same scrubbed record.
+
+Access logs: `GunicornJsonLogger.access` runs after the WSGI app returned, when neither the span nor the
+request context is current any more. `instrument_flask_app` (app.telemetry.setup) therefore stashes both in
+the WSGI environ in an `after_request` hook (`stash_request_log_context`), and the access record is logged
+inside that span's context so that its OTLP copy carries the trace too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Mapping, MutableMapping
+from datetime import timedelta
+from typing import Any
+
+from gunicorn.glogging import Logger as GunicornLogger
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry._logs import LoggerProvider as APILoggerProvider
+from opentelemetry.sdk._logs import LoggingHandler
+from opentelemetry.trace import NonRecordingSpan, SpanContext
+from opentelemetry.util.types import Attributes
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
+
+from app.runtime import context as request_context
+from app.telemetry.redaction import REDACTED, is_sensitive_name, redact_text, redact_value
+
+DEFAULT_SERVICE_NAME = "platform-api"
+
+# WSGI environ key under which the Flask hook leaves (RequestContext, SpanContext) for the access log.
+ENVIRON_LOG_CONTEXT = "platform.log_context"
+_FLASK_SPAN_KEY = "opentelemetry-flask.span_key"  # set by the Flask instrumentation
+
+_PREPARED = "_platform_prepared"
+CORRELATION_FIELDS = ("service", "trace_id", "span_id", "request_id", "user", "pid")
+# LogRecord attributes that are not "extra" fields.
+_STANDARD_ATTRS = frozenset(RESERVED_ATTRS) | {"taskName", "message", "asctime", _PREPARED}
+_NOT_EXTRA = _STANDARD_ATTRS | frozenset(CORRELATION_FIELDS)
+# The correlation fields travel in the OTLP record itself (trace context, resource), not as attributes.
+_NOT_OTLP_ATTRIBUTES = frozenset({_PREPARED, "service", "trace_id", "span_id", "pid"})
+_OUR_HANDLER = "_platform_handler"
+
+
+class RecordPreparer(logging.Filter):
+    """Scrubs secrets and adds correlation fields; idempotent, shared by all our handlers."""
+
+    def __init__(self, service_name: str = DEFAULT_SERVICE_NAME) -> None:
+        super().__init__()
+        self.service_name = service_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = record.__dict__
+        if _PREPARED in fields:
+            return True
+        fields[_PREPARED] = True
+        self._scrub(record, fields)
+        if "trace_id" not in fields:
+            span_context = trace.get_current_span().get_span_context()
+            if span_context.is_valid:
+                fields["trace_id"] = format(span_context.trace_id, "032x")
+                fields["span_id"] = format(span_context.span_id, "016x")
+            else:
+                fields["trace_id"] = fields["span_id"] = ""
+        if "request_id" not in fields:
+            current = request_context.current()
+            fields["request_id"] = current.request_id
+            fields["user"] = current.user
+        fields["service"] = self.service_name
+        fields["pid"] = record.process
+        return True
+
+    @staticmethod
+    def _scrub(record: logging.LogRecord, fields: dict[str, Any]) -> None:
+        msg = record.msg
+        if isinstance(msg, Mapping):
+            record.msg = redact_value(msg)
+        else:
+            try:
+                text = record.getMessage()
+            except Exception:
+                text = f"{msg!s} {record.args!r}"
+            record.msg = redact_text(text)
+            record.args = None
+        for name in fields.keys() - _STANDARD_ATTRS:
+            value = fields[name]
+            if is_sensitive_name(name):
+                fields[name] = REDACTED
+            elif isinstance(value, str | Mapping | list | tuple):
+                fields[name] = redact_value(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            scrubbed = redact_text(text)
+            if scrubbed != text:  # the exception object itself would leak it again: keep only the text
+                record.exc_info = None
+            record.exc_text = scrubbed
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+
+
+_preparer = RecordPreparer()
+
+_ts_second = -1
+_ts_prefix = ""
+
+
+def rfc3339(created: float) -> str:
+    """`2025-01-02T03:04:05.678Z`; the per-second prefix is cached (one strftime per second, not per line)."""
+    global _ts_second, _ts_prefix
+    second = int(created)
+    prefix = _ts_prefix
+    if second != _ts_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _ts_prefix, _ts_second = prefix, second
+    return f"{prefix}.{int((created - second) * 1000):03d}Z"
+
+
+class JsonFormatter(_BaseJsonFormatter):
+    """python-json-logger's formatter with the fields of docs/telemetry.md, in a fixed order.
+
+    timestamp, level, logger, message, service, trace_id, span_id, request_id, user, pid; then any extra
+    attributes (access-log fields, or what a caller passed in `extra=`), then `exc_info`/`stack_info`.
+    """
+
+    def __init__(self, service_name: str = DEFAULT_SERVICE_NAME) -> None:
+        super().__init__(json_ensure_ascii=False)
+        self.service_name = service_name
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        fields = record.__dict__
+        log_data["timestamp"] = rfc3339(record.created)
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        log_data["message"] = record.message
+        log_data["service"] = fields.get("service", self.service_name)
+        log_data["trace_id"] = fields.get("trace_id", "")
+        log_data["span_id"] = fields.get("span_id", "")
+        log_data["request_id"] = fields.get("request_id", "")
+        log_data["user"] = fields.get("user", "")
+        log_data["pid"] = record.process
+        for name, value in fields.items():
+            if name not in _NOT_EXTRA:
+                log_data[name] = value
+        log_data.update(message_dict)
+
+
+class OtlpLoggingHandler(LoggingHandler):
+    """The SDK handler without the duplicated correlation fields (they travel in the record itself)."""
+
+    def __init__(self, logger_provider: APILoggerProvider) -> None:
+        with warnings.catch_warnings():
+            # The SDK handler is deprecated in favour of opentelemetry-instrumentation-logging, which is not
+            # a dependency here; its behaviour is what we need.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            super().__init__(logger_provider=logger_provider)
+
+    @staticmethod
+    def _get_attributes(record: logging.LogRecord) -> Attributes:
+        attributes = dict(LoggingHandler._get_attributes(record) or {})
+        for name in _NOT_OTLP_ATTRIBUTES:
+            attributes.pop(name, None)
+        if not record.exc_info and record.exc_text:  # scrubbed exception: only its text survived
+            attributes["exception.stacktrace"] = record.exc_text
+        return attributes
+
+
+class _SkipOtelInternals(logging.Filter):
+    """The SDK's own records must not feed back into the OTLP log pipeline that may be what is failing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("opentelemetry")
+
+
+def _mark(handler: logging.Handler) -> logging.Handler:
+    setattr(handler, _OUR_HANDLER, True)
+    return handler
+
+
+def configure_logging(service_name: str = DEFAULT_SERVICE_NAME, level: str | int = "INFO") -> logging.Handler:
+    """One JSON handler on stdout at the root logger (replacing one installed before); returns it."""
+    _preparer.service_name = service_name
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _OUR_HANDLER, False) and not isinstance(handler, OtlpLoggingHandler):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service_name))
+    handler.addFilter(_preparer)
+    root.addHandler(_mark(handler))
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler
+
+
+def attach_otlp_handler(logger_provider: APILoggerProvider, level: int = logging.NOTSET) -> logging.Handler:
+    """Send every root-level record over OTLP too (scrubbed, with the active trace context)."""
+    handler = OtlpLoggingHandler(logger_provider)
+    handler.setLevel(level)
+    handler.addFilter(_SkipOtelInternals())
+    handler.addFilter(_preparer)
+    logging.getLogger().addHandler(_mark(handler))
+    return handler
+
+
+def detach_handler(handler: logging.Handler) -> None:
+    logging.getLogger().removeHandler(handler)
+
+
+def stash_request_log_context(environ: MutableMapping[str, Any]) -> None:
+    """Called while the request is still being handled: keep what the access log line needs."""
+    environ[ENVIRON_LOG_CONTEXT] = (request_context.current(), trace.get_current_span().get_span_context())
+
+
+def _response_header(resp: Any, name: str) -> str:
+    for key, value in getattr(resp, "headers", ()) or ():
+        if key.lower() == name:
+            return str(value)
+    return ""
+
+
+def _status_code(resp: Any) -> int | str:
+    code = getattr(resp, "status_code", None)
+    if isinstance(code, int):
+        return code
+    status = str(getattr(resp, "status", "") or "")
+    head = status.split(None, 1)[0] if status else ""
+    return int(head) if head.isdigit() else head
+
+
+class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
+    """gunicorn logger class: error and access logs as JSON records through the root handlers.
+
+    Use with `logger_class = "app.telemetry.logging.GunicornJsonLogger"` and `accesslog = "-"` (gunicorn
+    only calls access() when an access log is configured; where it points is ignored: stdout JSON).
+    """
+
+    def setup(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self._access_log_enabled = self._compute_access_log_enabled()
+        self.loglevel = self.LOG_LEVELS.get(str(cfg.loglevel).lower(), logging.INFO)
+        service = os.environ.get("OTEL_SERVICE_NAME") or _preparer.service_name
+        configure_logging(service, level=self.loglevel)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                log.removeHandler(handler)
+            log.propagate = True
+        self.error_log.setLevel(self.loglevel)
+        self.access_log.setLevel(logging.INFO)
+
+    def access(self, resp: Any, req: Any, environ: Mapping[str, Any], request_time: timedelta) -> None:
+        if not self.access_log_enabled:
+            return
+        try:
+            self._access(resp, environ, request_time)
+        except Exception:
+            self.error_log.exception("access log failed")
+
+    def _access(self, resp: Any, environ: Mapping[str, Any], request_time: timedelta) -> None:
+        stash = environ.get(ENVIRON_LOG_CONTEXT)
+        span_context: SpanContext | None
+        if stash is not None:
+            ctx, span_context = stash
+            request_id, user = ctx.request_id, ctx.user
+        else:
+            span = environ.get(_FLASK_SPAN_KEY)
+            span_context = span.get_span_context() if span is not None else None
+            request_id, user = _response_header(resp, "x-request-id"), ""
+        method = environ.get("REQUEST_METHOD", "")
+        path = environ.get("PATH_INFO", "")
+        status = _status_code(resp)
+        extra: dict[str, Any] = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(request_time.total_seconds() * 1000.0, 3),
+            "remote_addr": environ.get("REMOTE_ADDR", ""),
+            "user_agent": environ.get("HTTP_USER_AGENT", ""),
+            "request_id": request_id,
+            "user": user,
+        }
+        token = None
+        if span_context is not None and span_context.is_valid:
+            extra["trace_id"] = format(span_context.trace_id, "032x")
+            extra["span_id"] = format(span_context.span_id, "016x")
+            token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(span_context)))
+        try:
+            self.access_log.info("%s %s %s", method, path, status, extra=extra)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
