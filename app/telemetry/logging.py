@@ -23,7 +23,7 @@ import traceback
 import warnings
 from collections.abc import Mapping, MutableMapping
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 from gunicorn.glogging import Logger as GunicornLogger
 from opentelemetry import context as otel_context
@@ -192,14 +192,16 @@ def _mark(handler: logging.Handler) -> logging.Handler:
     return handler
 
 
-def configure_logging(service_name: str = DEFAULT_SERVICE_NAME, level: str | int = "INFO") -> logging.Handler:
-    """One JSON handler on stdout at the root logger (replacing one installed before); returns it."""
+def configure_logging(
+    service_name: str = DEFAULT_SERVICE_NAME, level: str | int = "INFO", *, stream: IO[str] | None = None
+) -> logging.Handler:
+    """One JSON handler on stdout (or `stream`) at the root logger, replacing one installed before."""
     _preparer.service_name = service_name
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _OUR_HANDLER, False) and not isinstance(handler, OtlpLoggingHandler):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(JsonFormatter(service_name))
     handler.addFilter(_preparer)
     root.addHandler(_mark(handler))
