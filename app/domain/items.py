@@ -11,9 +11,10 @@ Cache coherence across workers (and instances):
 - while the listener is not subscribed the cache is bypassed entirely (neither read nor filled), and on
   every (re)subscription the whole cache is cleared, so a message missed while disconnected cannot
   leave stale data behind once the listener is back;
-- a fill (after a read or a write) only lands if no invalidation was processed since the Redis call
-  began (a global generation counter), so a slow reader cannot put back a value that a concurrent
-  write already invalidated.
+- a fill (after a read or a write) only lands if no invalidation of that key (and no reconnect) was
+  processed since its Redis call began, so a slow reader cannot put back a value that a concurrent
+  write already invalidated. The per-key record of recent invalidations is bounded; keys that fall
+  out of it raise a floor below which every fill is refused, which errs on the side of a miss.
 Staleness bound: another worker sees a write as soon as the pub/sub message reaches it, typically well
 under a few milliseconds on a LAN; if the listener is wedged without noticing, its heartbeat (a PING
 every second, reconnect after 3 s of silence) bounds that case; `cache_ttl_s` is the final backstop.
@@ -32,6 +33,7 @@ import random
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,6 +58,7 @@ CHANNEL = "platform:items:invalidate"
 MAX_TTL_S = 31_536_000
 MAX_VALUE_BYTES = 1024 * 1024
 CACHEABLE_MAX_BYTES = 64 * 1024  # bigger values are served from Redis only, to bound the cache's memory
+RECENT_INVALIDATIONS = 4096
 LISTEN_POLL_S = 0.25
 HEARTBEAT_S = 1.0
 SILENCE_LIMIT_S = 3.0
@@ -103,7 +106,9 @@ class ItemStore:
         self._cache: TTLCache[str, _Entry] = TTLCache(
             maxsize=settings.cache_max_items, ttl=settings.cache_ttl_s, timer=clock
         )
-        self._generation = 0
+        self._seq = 0  # bumped by every invalidation event the listener processes
+        self._floor = 0  # fills whose Redis call began before this are refused for every key
+        self._invalidated_at: OrderedDict[str, int] = OrderedDict()  # key -> seq of its last message
         self._connected = False
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
@@ -161,7 +166,7 @@ class ItemStore:
                     self._requests.add(1, {"cache": "items", "result": "hit"})
                     return Item(key, entry.item.value, entry.item.version, ttl_s)
         self._requests.add(1, {"cache": "items", "result": "miss"})
-        generation = self._generation
+        generation = self._seq
 
         def read() -> list[Any]:
             pipe = self._redis.pipeline(transaction=False)
@@ -197,7 +202,7 @@ class ItemStore:
         size = len(encoded.encode())
         if size > MAX_VALUE_BYTES:
             raise PayloadTooLarge(f"must be at most {MAX_VALUE_BYTES} bytes as JSON", field="value")
-        generation = self._generation
+        generation = self._seq
         ttl_arg = "" if ttl_s is None else str(ttl_s * 1000)
         version_arg = "" if if_version is None else str(if_version)
         result = self._call(
@@ -247,7 +252,12 @@ class ItemStore:
     def _fill(self, key: str, item: Item, ttl_ms: int | None, generation: int, size: int) -> None:
         expires_at = None if ttl_ms is None else self._clock() + ttl_ms / 1000
         with self._lock:
-            if self._connected and self._generation == generation and size <= CACHEABLE_MAX_BYTES:
+            if (
+                self._connected
+                and generation >= self._floor
+                and self._invalidated_at.get(key, 0) <= generation
+                and size <= CACHEABLE_MAX_BYTES
+            ):
                 self._cache[key] = _Entry(item, expires_at)
             else:
                 self._cache.pop(key, None)
@@ -299,7 +309,9 @@ class ItemStore:
             # Clear on every change: on connect because messages may have been missed, on disconnect
             # because the entries can no longer be trusted (and free their memory meanwhile).
             self._cache.clear()
-            self._generation += 1
+            self._seq += 1
+            self._floor = self._seq
+            self._invalidated_at.clear()
             was, self._connected = self._connected, connected
         if connected and not was:
             log.info("cache invalidation listener subscribed; cache enabled")
@@ -311,7 +323,12 @@ class ItemStore:
         except ValueError:
             version = -1
         with self._lock:
-            self._generation += 1
+            self._seq += 1
+            self._invalidated_at[key] = self._seq
+            self._invalidated_at.move_to_end(key)
+            if len(self._invalidated_at) > RECENT_INVALIDATIONS:
+                _, forgotten = self._invalidated_at.popitem(last=False)
+                self._floor = max(self._floor, forgotten)
             entry = self._cache.get(key)
             if entry is None or entry.item.version != version:
                 self._cache.pop(key, None)

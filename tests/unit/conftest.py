@@ -1,0 +1,145 @@
+"""Unit-test fixtures: in-memory OpenTelemetry providers (set once per session) and test Settings.
+
+The global tracer and meter providers can be set only once per process, so they are installed by a
+session-scoped autouse fixture before any component builds its instruments. Metrics are cumulative over
+the session: tests use their own names (breaker names, task names) or compare before/after values.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from app.settings import Settings, b64encode, load_settings
+from tests.conftest import free_port, wait_until
+
+_SPAN_EXPORTER = InMemorySpanExporter()
+_METRIC_READER = InMemoryMetricReader()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def otel_providers() -> None:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(_SPAN_EXPORTER))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[_METRIC_READER]))
+    if trace.get_tracer_provider() is not tracer_provider:
+        pytest.fail("another global TracerProvider was set before the unit tests' one")
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    """The session's span exporter, emptied for this test."""
+    _SPAN_EXPORTER.clear()
+    return _SPAN_EXPORTER
+
+
+class Metrics:
+    """Reads the current cumulative value of metric points from the in-memory reader."""
+
+    def __init__(self, reader: InMemoryMetricReader) -> None:
+        self._reader = reader
+
+    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
+        data = self._reader.get_metrics_data()
+        found: list[tuple[dict[str, Any], Any]] = []
+        if data is None:
+            return found
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name == name:
+                        found.extend((dict(p.attributes or {}), p) for p in metric.data.data_points)
+        return found
+
+    def value(self, metric: str, /, **attrs: Any) -> float:
+        """Sum (counters), last value (gauges) or count (histograms) of points matching `attrs`."""
+        total = 0.0
+        for point_attrs, point in self.points(metric):
+            if all(point_attrs.get(k) == v for k, v in attrs.items()):
+                total += point.value if hasattr(point, "value") else point.count
+        return total
+
+
+@pytest.fixture
+def metric_values() -> Metrics:
+    return Metrics(_METRIC_READER)
+
+
+def settings_env(**overrides: Any) -> dict[str, str]:
+    env = {
+        "APP_ENV": "test",
+        "AUTH_SIGNING_KEY": b64encode(os.urandom(32)),
+        "CRYPTO_KEYS": f"k1:{b64encode(os.urandom(32))}",
+        "CRYPTO_SIGNING_KEY": b64encode(os.urandom(32)),
+    }
+    env.update({k.upper(): str(v) for k, v in overrides.items()})
+    return env
+
+
+@pytest.fixture
+def make_settings(redis_url: str) -> Callable[..., Settings]:
+    """Settings for a test: fresh random keys, the test redis; keyword overrides by field name."""
+
+    def make(**overrides: Any) -> Settings:
+        return load_settings(settings_env(**{"redis_url": redis_url, **overrides}))
+
+    return make
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    yield client
+    client.close()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, which the test may stop and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._workdir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        self._proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self._workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5)
+        try:
+            wait_until(client.ping, timeout=10, message="private redis-server to answer PING")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
