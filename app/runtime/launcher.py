@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -57,7 +58,7 @@ def run(settings: Settings, role: str) -> None:
         "workers": workers,
         "worker_class": "gthread",
         "threads": settings.http_threads if role == "api" else 16,
-        "graceful_timeout": settings.graceful_timeout_s,
+        "graceful_timeout": math.ceil(settings.graceful_timeout_s),
         "timeout": 30,
         "keepalive": 5,
         "proc_name": f"platform-{role}",
@@ -69,5 +70,8 @@ def run(settings: Settings, role: str) -> None:
         "post_worker_init": gunicorn_conf.post_worker_init,
         "worker_exit": gunicorn_conf.worker_exit,
         "child_exit": gunicorn_conf.child_exit,
+        # gunicorn 23+'s control socket has one default path per user: two deployments on one host
+        # (API + upstream, or parallel tests) would fight over it, and nothing here uses it.
+        "control_socket_disable": True,
     }
     _Gunicorn(options, factory).run()

@@ -13,6 +13,7 @@ import time
 
 from app.domain.services import Services
 from app.rpc.server import GrpcServer
+from app.runtime import handover
 from app.runtime.chaos_injector import ChaosInjector
 from app.runtime.probes import LoopLagProbe, WakeupDelaySampler
 from app.settings import Settings
@@ -55,9 +56,14 @@ class WorkerRuntime:
             grace = self.settings.graceful_timeout_s
             if self.grpc is not None:
                 self._grpc_stopper = threading.Thread(
-                    target=self.grpc.stop, args=(grace,), name="grpc-stop", daemon=True
+                    target=self._stop_grpc, args=(self.grpc, grace), name="grpc-stop", daemon=True
                 )
                 self._grpc_stopper.start()
+
+    def _stop_grpc(self, server: GrpcServer, grace: float) -> None:
+        # Hand the gRPC port over before closing it (see app.runtime.handover); half the grace at most.
+        handover.wait_for_successor(server.port, self.settings.web_concurrency, timeout_s=grace / 2)
+        server.stop(grace / 2)
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Finish shutting down; bounded by `timeout_s` (default: the graceful timeout)."""

@@ -105,7 +105,7 @@ def test_bad_input_gets_problem_json_naming_the_field(stack: Stack) -> None:
     token = stack.token("bad-input")
     reader = stack.token("reader-only", scope="read")
     cases: list[tuple[str, str, dict[str, Any], int, str | None]] = [
-        ("PUT", "/v1/items/bad key!", {"raw": b'{"value": 1}'}, 400, "key"),
+        ("PUT", "/v1/items/bad%20key!", {"raw": b'{"value": 1}'}, 400, "key"),
         ("PUT", "/v1/items/k1", {"raw": b"{not json"}, 400, "body"),
         ("PUT", "/v1/items/k1", {"body": {"no_value": 1}}, 400, "value"),
         ("PUT", "/v1/items/k1", {"body": {"value": 1, "ttl_s": -5}}, 400, "ttl_s"),
@@ -222,6 +222,8 @@ def test_failing_upstream_opens_breaker_and_serves_stale(stack: Stack) -> None:
         wait_until(stale_everywhere, timeout=30, interval=0.05, message="stale fallback from both workers")
 
         def breaker_open() -> bool:
+            # Keep calling: the breaker decides on calls, and each worker has its own.
+            assert stack.api.request("GET", "/v1/quotes/BRKR", token=token).status == 200
             text = stack.api.request("GET", "/metrics").body.decode()
             return 'platform_circuit_breaker_state{name="upstream",state="open"} 1.0' in text
 
@@ -337,13 +339,15 @@ def test_sighup_reload_fails_no_request(stack: Stack) -> None:
         pids = set(stack.api.worker_pids())
         return len(pids) == 2 and not (pids & before)
 
+    assert stack.api.request("PUT", "/v1/items/hup", {"value": "still here"}, token=token).status == 200
     stack.api.popen.send_signal(signal.SIGHUP)
     while time.monotonic() < stop:
         try:
-            r = stack.api.request("GET", "/v1/quotes/HUP", token=token)
+            r = stack.api.request("GET", "/v1/items/hup", token=token)
             if r.status != 200:
                 failures.append(f"http {r.status}")
-            grpc_call(stack.api, "GetQuote", pb.GetQuoteRequest(symbol="HUP"), token)
+            item, _ = grpc_call(stack.api, "GetItem", pb.GetItemRequest(key="hup"), token)
+            assert item.value.string_value == "still here"
         except Exception as exc:
             failures.append(repr(exc))
         done += 1
