@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -33,7 +34,8 @@ def contract_names(path: Path = TELEMETRY_MD) -> frozenset[str]:
     lines = path.read_text().splitlines()
     i = 0
     while i < len(lines):
-        if lines[i].lstrip().startswith("|") and i + 1 < len(lines) and set(lines[i + 1].strip()) <= set("|-: "):
+        is_table = lines[i].lstrip().startswith("|") and i + 1 < len(lines)
+        if is_table and set(lines[i + 1].strip()) <= set("|-: "):
             header = [h.lower() for h in _cells(lines[i])]
             i += 2
             rows = []
@@ -61,15 +63,15 @@ def contract_names(path: Path = TELEMETRY_MD) -> frozenset[str]:
     return frozenset(names)
 
 
-def rule_groups(rules_dir: Path = RULES_DIR) -> list[dict[str, object]]:
-    groups: list[dict[str, object]] = []
+def rule_groups(rules_dir: Path = RULES_DIR) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
     for path in sorted(rules_dir.glob("*.yml")):
         groups.extend(yaml.safe_load(path.read_text())["groups"])
     return groups
 
 
-def rules(rules_dir: Path = RULES_DIR) -> list[dict[str, object]]:
-    return [rule for group in rule_groups(rules_dir) for rule in group["rules"]]  # type: ignore[attr-defined]
+def rules(rules_dir: Path = RULES_DIR) -> list[dict[str, Any]]:
+    return [rule for group in rule_groups(rules_dir) for rule in group["rules"]]
 
 
 def recorded_names(rules_dir: Path = RULES_DIR) -> frozenset[str]:

@@ -56,7 +56,9 @@ def source_of(expr: str) -> str:
     return "stack" if any(n.startswith(STACK_PREFIXES) for n in metric_names(expr)) else "service"
 
 
-def panel_queries(variables: Mapping[str, str] | None = None, directory: Path = DASHBOARDS_DIR) -> list[PanelQuery]:
+def panel_queries(
+    variables: Mapping[str, str] | None = None, directory: Path = DASHBOARDS_DIR
+) -> list[PanelQuery]:
     """(dashboard uid, panel title, PromQL with variables substituted, source) for every Prometheus target.
 
     `variables` overrides tests.stack.promql.DEFAULT_VARIABLES ($job = platform/platform-api,

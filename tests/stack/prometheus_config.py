@@ -67,8 +67,12 @@ def scrape_path_config(
     if missing:
         raise ValueError(f"prometheus.yml has no scrape job named {sorted(missing)}")
     config["scrape_configs"] = jobs
-    config["global"] = {**config.get("global", {}), "scrape_interval": scrape_interval,
-                        "scrape_timeout": scrape_interval, "evaluation_interval": evaluation_interval}
+    config["global"] = {
+        **config.get("global", {}),
+        "scrape_interval": scrape_interval,
+        "scrape_timeout": scrape_interval,
+        "evaluation_interval": evaluation_interval,
+    }
     config["rule_files"] = [str(rules_dir.resolve() / "*.yml")]
     config.pop("alerting", None)
     return config

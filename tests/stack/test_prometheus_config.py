@@ -1,4 +1,4 @@
-"""prometheus/prometheus.yml: valid for promtool (less the documented v3-only keys), and in line with compose."""
+"""prometheus/prometheus.yml: valid for promtool (less the documented v3-only keys), in line with compose."""
 
 from __future__ import annotations
 
@@ -76,7 +76,10 @@ def test_alerts_go_to_alertmanager_and_rules_are_the_rule_directory() -> None:
     config = pc.load_config()
     assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]
     assert config["rule_files"] == ["rules/*.yml"]
-    assert sorted(p.name for p in pc.RULES_DIR.glob("*.yml")) == ["platform-alerts.yml", "platform-recording.yml"]
+    assert sorted(p.name for p in pc.RULES_DIR.glob("*.yml")) == [
+        "platform-alerts.yml",
+        "platform-recording.yml",
+    ]
 
 
 def test_otlp_translation_matches_the_contract() -> None:
@@ -96,8 +99,11 @@ def test_compose_runs_prometheus_with_what_this_config_needs() -> None:
     service = compose_service("prometheus")
     flags = service["command"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in flags  # type: ignore[operator]
-    for flag in ("--web.enable-otlp-receiver", "--web.enable-remote-write-receiver",
-                 "--enable-feature=exemplar-storage"):
+    for flag in (
+        "--web.enable-otlp-receiver",
+        "--web.enable-remote-write-receiver",
+        "--enable-feature=exemplar-storage",
+    ):
         assert flag in flags, flag  # type: ignore[operator]
     assert any(str(v).startswith("./prometheus:/etc/prometheus") for v in service["volumes"])  # type: ignore[attr-defined]
 

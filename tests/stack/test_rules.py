@@ -51,11 +51,18 @@ def test_promtool_test_rules() -> None:
 
 
 def test_the_expected_alerts_exist() -> None:
-    assert sorted(ALERT_NAMES) == sorted({
-        "PlatformErrorBudgetBurnFast", "PlatformErrorBudgetBurnSlow", "PlatformHighLatencyP99",
-        "PlatformEventLoopLag", "PlatformCircuitBreakerOpen", "PlatformServiceDown", "PlatformTelemetryAbsent",
-        "PlatformCollectorDroppingData",
-    })  # fmt: skip
+    assert sorted(ALERT_NAMES) == sorted(
+        {
+            "PlatformErrorBudgetBurnFast",
+            "PlatformErrorBudgetBurnSlow",
+            "PlatformHighLatencyP99",
+            "PlatformEventLoopLag",
+            "PlatformCircuitBreakerOpen",
+            "PlatformServiceDown",
+            "PlatformTelemetryAbsent",
+            "PlatformCollectorDroppingData",
+        }
+    )
 
 
 def alert_cases() -> dict[str, dict[str, int]]:
@@ -155,7 +162,8 @@ def test_rules_and_slo_doc_state_the_same_numbers() -> None:
     assert "99.5%" in slo and "0.005" in slo
     burn_exprs = "".join(r["expr"] for r in alert_rules() if r["alert"].startswith("PlatformErrorBudgetBurn"))
     assert burn_exprs.count("/ 0.005 >") == 8  # every burn-rate condition divides by the same budget
-    for factor, long_w, short_w in (("14.4", "1h", "5m"), ("6", "6h", "30m"), ("3", "1d", "2h"), ("1", "3d", "6h")):
+    table = (("14.4", "1h", "5m"), ("6", "6h", "30m"), ("3", "1d", "2h"), ("1", "3d", "6h"))
+    for factor, long_w, short_w in table:
         assert re.search(rf"rate{long_w}\{{[^}}]*\}} / 0\.005 > {re.escape(factor)}\n", alerts), factor
         assert re.search(rf"rate{short_w}\{{[^}}]*\}} / 0\.005 > {re.escape(factor)}\n", alerts), factor
         assert re.search(rf"\|\s*{re.escape(factor)}x?\s*\|\s*{long_w}\s*\|\s*{short_w}\s*\|", slo), (
