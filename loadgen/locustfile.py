@@ -8,13 +8,13 @@ environment), or by hand against a local service:
 LOAD_SCENARIO picks what the chaos controller does while the mix runs (docs/stack.md, "Load and faults"):
 
     steady   no faults; reads the app's and the upstream's chaos state now and then
-    errors   the app's Redis calls fail half of the time: item operations answer 5xx (error-rate alerts)
+    errors   most of the app's Redis calls fail: item operations answer 5xx (error-budget burn alerts)
     slow     the app's gRPC event loop is blocked and the GIL held periodically, and the upstream answers
              slowly: event-loop lag and latency alerts
     breaker  the upstream fails every call: the circuit breaker opens (breaker alert), quotes go stale
 
-The controller re-applies its fault before the fault's own TTL runs out and resets both chaos states
-when the run stops; a killed run leaves faults that expire by themselves.
+The controller re-applies its fault before the fault's own TTL runs out; both chaos states are reset
+when the run stops (test_stop); a killed run leaves faults that expire by themselves.
 
 Tokens are minted in-process from the same keys the service uses (app.domain.auth, as
 `python -m app token` does), one subject per simulated user so that the per-caller rate limit sees many
@@ -25,9 +25,12 @@ line up with the service's `http.route` and `rpc.method` labels.
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import os
 import random
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -36,7 +39,8 @@ from typing import Any
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from google.protobuf import struct_pb2
-from locust import FastHttpUser, User, between, constant, task
+from locust import FastHttpUser, User, between, constant, events, task
+from locust.env import Environment
 
 # grpcio blocks the gevent hub unless told to cooperate; this must run before any channel exists.
 grpc_gevent.init_gevent()
@@ -47,8 +51,8 @@ from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc  # noqa: E402
 SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
     # scenario: {"app": body for POST /admin/chaos, "upstream": body for POST upstream /chaos}
     "steady": {},
-    "errors": {"app": {"redis_error_rate": 0.5}},
-    "slow": {"app": {"loop_block_ms": 400, "gil_block_ms": 300}, "upstream": {"latency_ms": 700}},
+    "errors": {"app": {"redis_error_rate": 0.8}},
+    "slow": {"app": {"loop_block_ms": 500, "gil_block_ms": 600}, "upstream": {"latency_ms": 900}},
     "breaker": {"upstream": {"error_rate": 1.0}},
 }
 SCENARIO = os.environ.get("LOAD_SCENARIO", "steady")
@@ -109,6 +113,23 @@ class HttpApiUser(FastHttpUser):
         self.token = Token(subject("http"), ["read", "write"])
         self.prefix = f"lg-http-{uuid.uuid4().hex[:8]}"
         self.stored: set[str] = set()
+        self.scrypt_next = False
+        # Every operation once up front, so that even a short run exercises the whole API.
+        for operation in (
+            self.healthz,
+            self.readyz,
+            self.openapi,
+            self.metrics,
+            self.put_item,
+            self.get_item,
+            self.delete_item,
+            self.encrypt_decrypt,
+            self.sign_verify,
+            self.hash_password,
+            self.count_primes,
+            self.get_quote,
+        ):
+            operation()
 
     def call(
         self,
@@ -201,7 +222,8 @@ class HttpApiUser(FastHttpUser):
     @task(2)
     def hash_password(self) -> None:
         body: dict[str, Any] = {"password": b64(os.urandom(16))}
-        if random.random() < 0.5:
+        self.scrypt_next = not self.scrypt_next  # alternate, so both algorithms run early
+        if self.scrypt_next:
             body |= {"algorithm": "scrypt"}
         else:
             body |= {"algorithm": "pbkdf2", "params": {"iterations": 100_000}}
@@ -238,8 +260,21 @@ class GrpcApiUser(User):
         self.token = Token(subject("grpc"), ["read", "write"])
         self.prefix = f"lg-grpc-{uuid.uuid4().hex[:8]}"
         self.stored: set[str] = set()
+        self.scrypt_next = False
         self.channel = grpc.insecure_channel(GRPC_TARGET)
         self.stub = pb_grpc.PlatformServiceStub(self.channel)
+        for operation in (
+            self.put_item,
+            self.get_item,
+            self.delete_item,
+            self.encrypt_decrypt,
+            self.sign_verify,
+            self.hash_password,
+            self.count_primes,
+            self.get_quote,
+            self.watch_quotes,
+        ):
+            operation()
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -325,7 +360,8 @@ class GrpcApiUser(User):
 
     @task(2)
     def hash_password(self) -> None:
-        if random.random() < 0.5:
+        self.scrypt_next = not self.scrypt_next  # alternate, so both algorithms run early
+        if self.scrypt_next:
             request = pb.HashRequest(algorithm="scrypt", password=os.urandom(16))
         else:
             request = pb.HashRequest(
@@ -349,11 +385,7 @@ class ChaosController(FastHttpUser):
         self.faults = SCENARIOS[SCENARIO]
         self.applied_at = float("-inf")
         self.hold_faults()
-
-    def on_stop(self) -> None:
-        if self.faults:
-            self.post_chaos("app", {"reset": True})
-            self.post_chaos("upstream", {"reset": True})
+        self.watch()
 
     def chaos_request(self, target: str, method: str, body: Any = None) -> bool:
         if target == "app":
@@ -384,3 +416,25 @@ class ChaosController(FastHttpUser):
             self.hold_faults()
         self.chaos_request("app", "GET")
         self.chaos_request("upstream", "GET")
+
+
+@events.test_stop.add_listener
+def reset_faults(environment: Environment, **_kwargs: Any) -> None:
+    """Leave no fault behind: reset the app's and the upstream's chaos when the run stops."""
+    if not SCENARIOS[SCENARIO] or not environment.host:
+        return
+    token = Token(subject("chaos-reset"), ["admin"])
+    for url in (f"{environment.host.rstrip('/')}/admin/chaos", f"{UPSTREAM_URL}/chaos"):
+        if not url.startswith(("http://", "https://")):
+            continue
+        request = urllib.request.Request(  # noqa: S310 - scheme checked just above
+            url,
+            data=json.dumps({"reset": True}).encode(),
+            headers={"Authorization": token.header(), "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+                resp.read()
+        except OSError as exc:  # the faults still expire by themselves
+            logging.warning("could not reset chaos at %s: %s", url, exc)

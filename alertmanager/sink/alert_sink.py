@@ -42,7 +42,7 @@ def describe(alert: Mapping[str, Any]) -> str:
     for key in sorted(labels):
         if key != "alertname":
             parts.append(f"{key}={_quote(labels[key])}")
-    for key in ("summary", "description", "runbook_url", "dashboard_url"):
+    for key in ("summary", "description", "runbook_url", "dashboard"):
         if key in annotations:
             parts.append(f"{key}={_quote(annotations[key])}")
     parts.append(f"startsAt={alert.get('startsAt', '')}")
