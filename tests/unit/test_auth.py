@@ -5,7 +5,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,13 @@ def forge(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes]
     signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
     signature = b64url(sign(signing_input.encode())) if sign else ""
     return f"{signing_input}.{signature}"
+
+
+@pytest.fixture(autouse=True)
+def request_context() -> Iterator[None]:
+    """authenticate() sets the request's user; keep that inside each test."""
+    with context.bind(context.RequestContext()):
+        yield
 
 
 @pytest.fixture

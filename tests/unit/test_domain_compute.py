@@ -29,7 +29,7 @@ def test_scrypt_matches_hashlib_and_runs_in_the_pool(
     expected = hashlib.scrypt(b"password", salt=salt, n=1024, r=8, p=1, dklen=32)
     assert (result.algorithm, result.salt, result.digest) == ("scrypt", salt, expected)
     assert result.params == {"n": 1024, "r": 8, "p": 1}
-    assert [s.name for s in spans.get_finished_spans()] == ["pool.hash"]
+    assert [s.name for s in spans.get_finished_spans() if s.name.startswith("pool.")] == ["pool.hash"]
 
 
 def test_pbkdf2_matches_hashlib_with_a_random_salt(compute: ComputeService) -> None:
@@ -80,7 +80,7 @@ def test_bad_hash_requests_name_the_field(
 def test_primes_counts_through_the_pool(compute: ComputeService, spans: InMemorySpanExporter) -> None:
     assert compute.primes(100).count == 25
     assert compute.primes(2).count == 1
-    assert [s.name for s in spans.get_finished_spans()] == ["pool.primes", "pool.primes"]
+    assert [s.name for s in spans.get_finished_spans() if s.name.startswith("pool.")] == ["pool.primes"] * 2
 
 
 @pytest.mark.parametrize("limit", [1, 0, -5, 5_000_001, True, 2.5])

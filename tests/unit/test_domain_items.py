@@ -92,7 +92,7 @@ def test_ttl_is_set_reported_cleared_and_ends_the_item(
     assert store.get("gone").value == "soon"  # cached now
     started = time.monotonic()
     wait_until(lambda: _missing(store, "gone"), timeout=3, message="item to expire")
-    assert time.monotonic() - started < 1.5  # the cached copy did not outlive the Redis TTL
+    assert time.monotonic() - started < 2.5  # the cached copy did not live on for the 30 s cache TTL
 
 
 def _missing(store: ItemStore, key: str) -> bool:
@@ -287,10 +287,10 @@ def test_write_in_one_worker_is_read_fresh_in_another(two_workers: tuple[Service
     wait_until(lambda: b.items.get("shared") and b.items.cache_len() == 1, timeout=2, message="B to cache")
     a.items.put("shared", "v2")
     started = time.monotonic()
-    wait_until(lambda: b.items.get("shared").value == "v2", timeout=2, interval=0.001, message="B to see v2")
-    assert time.monotonic() - started < 0.5  # pub/sub, not the 30 s cache TTL
+    wait_until(lambda: b.items.get("shared").value == "v2", timeout=5, interval=0.001, message="B to see v2")
+    assert time.monotonic() - started < 2  # pub/sub, not the 30 s cache TTL
     a.items.delete("shared")
-    wait_until(lambda: _missing(b.items, "shared"), timeout=2, interval=0.001, message="B to see the delete")
+    wait_until(lambda: _missing(b.items, "shared"), timeout=5, interval=0.001, message="B to see the delete")
 
 
 class SlowReadRedis(redis.Redis):

@@ -4,6 +4,7 @@ import threading
 from collections.abc import Callable
 
 from app.domain.services import build_services
+from app.runtime import context
 from app.settings import Settings
 from tests.conftest import free_port, wait_until
 
@@ -30,7 +31,8 @@ def test_a_started_worker_serves_every_operation_and_is_ready(make_settings: Cal
         assert services.crypto.decrypt(services.crypto.encrypt(b"x")) == b"x"
         assert services.compute.primes(10).count == 4
         token = services.auth.mint("alice", ["items:read"], ttl_s=60)
-        assert services.auth.authenticate(f"Bearer {token}").subject == "alice"
+        with context.bind(context.RequestContext(request_id="r")):  # auth records the user in it
+            assert services.auth.authenticate(f"Bearer {token}").subject == "alice"
         assert services.ratelimiter.check("alice").allowed
         assert services.chaos.get().active is False
     finally:

@@ -142,7 +142,7 @@ def test_retries_are_span_events(spans: InMemorySpanExporter) -> None:
     timeline = Timeline()
     with trace.get_tracer("test").start_as_current_span("caller"):
         policy(timeline).call(failing(2))
-    (span,) = spans.get_finished_spans()
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "caller"]
     events = [e for e in span.events if e.name == "retry"]
     assert [e.attributes["retry.attempt"] for e in events] == [1, 2]  # type: ignore[index]
     assert all(e.attributes["error.type"] == "Transient" for e in events)  # type: ignore[index]
