@@ -139,8 +139,10 @@ def start_sink() -> Sink:
         text=True,
     )
     lines: list[str] = []
-    assert proc.stdout is not None
-    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()  # type: ignore[union-attr]
+    stdout = proc.stdout
+    assert stdout is not None
+    # Read on a thread so the pipe never fills; list.extend is atomic enough for readers polling it.
+    threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True).start()
     sink = Sink(proc, port, lines)
     wait_until(lambda: sink.request("GET", "/healthz")[0] == 200, timeout=10, message="alert-sink to listen")
     return sink

@@ -54,7 +54,8 @@ def test_compose_validates_with_compose_v2_and_env_only(tmp_path: Path) -> None:
 
 def test_every_interpolated_variable_comes_from_env_file_except_optional_secrets() -> None:
     text = (ROOT / "compose.yaml").read_text()
-    required, optional = set(), set()
+    required: set[str] = set()
+    optional: set[str] = set()
     for name, modifier in VAR_RE.findall(text.replace("$$", "")):
         (optional if modifier.startswith((":-", "-")) else required).add(name)
     defined = env_file()
