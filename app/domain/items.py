@@ -274,6 +274,7 @@ class ItemStore:
 
     def _listen(self) -> None:
         backoff = RECONNECT_MIN_S
+        warned = False
         while not self._stop.is_set():
             pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
             try:
@@ -288,15 +289,16 @@ class ItemStore:
                             self._invalidate(message["data"])
                         elif message["type"] == "subscribe":
                             self._set_connected(True)
-                            backoff = RECONNECT_MIN_S
+                            backoff, warned = RECONNECT_MIN_S, False
                     if now - last_ping >= HEARTBEAT_S:
                         pubsub.ping()
                         last_ping = now
                     if now - last_heard > SILENCE_LIMIT_S:
                         raise redis.exceptions.ConnectionError("no answer to heartbeats")
             except Exception as exc:  # any failure: drop the connection, bypass the cache, reconnect
-                if self._connected:
-                    log.warning("cache invalidation listener lost redis (%s); bypassing the cache", exc)
+                if self._connected or not warned:  # once per outage, not once per retry
+                    warned = True
+                    log.warning("cache invalidation listener has no redis (%s); bypassing the cache", exc)
             finally:
                 self._set_connected(False)
                 with contextlib.suppress(Exception):  # the connection is being discarded anyway
