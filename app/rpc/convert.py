@@ -49,8 +49,8 @@ def python_to_value(obj: JSON, out: Value) -> None:
     elif isinstance(obj, int | float):
         try:
             out.number_value = float(obj)
-        except OverflowError:  # JSON allows integers no double can hold
-            out.number_value = math.copysign(math.inf, obj)
+        except OverflowError:  # JSON allows integers no double can hold: saturate, do not fail the read
+            out.number_value = math.inf if obj > 0 else -math.inf
     elif isinstance(obj, dict):
         struct = out.struct_value
         struct.SetInParent()  # an empty dict is still a struct, not "unset"

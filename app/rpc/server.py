@@ -139,6 +139,8 @@ class GrpcServer:
                 loop.run_until_complete(self._serve())
             except BaseException as exc:  # handed to start(), which raises it in the caller
                 errors.append(exc)
+                if self._executor is not None:
+                    self._executor.shutdown(wait=False)
                 return
             finally:
                 ready.set()
