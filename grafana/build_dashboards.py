@@ -475,7 +475,7 @@ def overview() -> Json:
                 prom(f"platform:request_error_ratio:rate6h{{{JOB}}} / {SLO_BUDGET}", "6h", ref="C"),
                 prom(f"platform:request_error_ratio:rate3d{{{JOB}}} / {SLO_BUDGET}", "3d", ref="D"),
             ],
-            unit="x",
+            unit="suffix:x",
             threshold_line=14.4,
             min_=0,
             description="Error ratio / budget. 1x spends the budget in exactly 30 days; the fast-burn page "
