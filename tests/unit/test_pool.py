@@ -102,7 +102,7 @@ def test_span_is_a_child_of_the_caller_with_the_childs_timing(
     assert (span.end_time - span.start_time) - (child_end - child_start) < 100_000_000
     assert span.attributes is not None
     assert span.attributes["pool.task"] == "nap"
-    assert 0.15 <= float(span.attributes["pool.queue_wait_s"]) < 1.0  # type: ignore[arg-type]
+    assert 0.15 <= float(span.attributes["pool.queue_wait_s"]) < 5.0  # type: ignore[arg-type]
     assert span.status.status_code is StatusCode.UNSET
 
 
