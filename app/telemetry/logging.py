@@ -33,6 +33,7 @@ from opentelemetry.sdk._logs import LoggingHandler
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 from opentelemetry.util.types import Attributes
 from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from app.runtime import context as request_context
@@ -49,6 +50,8 @@ CORRELATION_FIELDS = ("service", "trace_id", "span_id", "request_id", "user", "p
 # LogRecord attributes that are not "extra" fields.
 _STANDARD_ATTRS = frozenset(RESERVED_ATTRS) | {"taskName", "message", "asctime", _PREPARED}
 _NOT_EXTRA = _STANDARD_ATTRS | frozenset(CORRELATION_FIELDS)
+# Values we produce ourselves (hex ids, an IP address): nothing to scrub.
+_TRUSTED_FIELDS = frozenset({"trace_id", "span_id", "remote_addr"})
 # The correlation fields travel in the OTLP record itself (trace context, resource), not as attributes.
 _NOT_OTLP_ATTRIBUTES = frozenset({_PREPARED, "service", "trace_id", "span_id", "pid"})
 _OUR_HANDLER = "_platform_handler"
@@ -98,7 +101,10 @@ class RecordPreparer(logging.Filter):
             value = fields[name]
             if is_sensitive_name(name):
                 fields[name] = REDACTED
-            elif isinstance(value, str | Mapping | list | tuple):
+            elif isinstance(value, str):
+                if name not in _TRUSTED_FIELDS:
+                    fields[name] = redact_text(value)
+            elif isinstance(value, Mapping | list | tuple):
                 fields[name] = redact_value(value)
         if record.exc_info and record.exc_info[0] is not None:
             text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
@@ -139,6 +145,11 @@ class JsonFormatter(_BaseJsonFormatter):
     def __init__(self, service_name: str = DEFAULT_SERVICE_NAME) -> None:
         super().__init__(json_ensure_ascii=False)
         self.service_name = service_name
+        # One encoder for all lines (json.dumps(cls=...) would build one per line); C-accelerated.
+        self._encode = JsonEncoder(ensure_ascii=False).encode
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        return self._encode(log_data)
 
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
@@ -206,6 +217,9 @@ def configure_logging(
     handler.addFilter(_preparer)
     root.addHandler(_mark(handler))
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # processName/threadName are never output; not filling them saves work on every record.
+    logging.logMultiprocessing = False
+    logging.logThreads = False
     return handler
 
 
@@ -265,7 +279,7 @@ class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
         self.access_log.setLevel(logging.INFO)
 
     def access(self, resp: Any, req: Any, environ: Mapping[str, Any], request_time: timedelta) -> None:
-        if not self.access_log_enabled:
+        if not self.access_log_enabled or not self.access_log.isEnabledFor(logging.INFO):
             return
         try:
             self._access(resp, environ, request_time)
@@ -300,8 +314,13 @@ class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
             extra["trace_id"] = format(span_context.trace_id, "032x")
             extra["span_id"] = format(span_context.span_id, "016x")
             token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(span_context)))
+        # A LogRecord built here skips Logger._log's caller lookup (a stack walk per access line).
+        record = logging.LogRecord(
+            self.access_log.name, logging.INFO, "", 0, "%s %s %s", (method, path, status), None
+        )
+        record.__dict__.update(extra)
         try:
-            self.access_log.info("%s %s %s", method, path, status, extra=extra)
+            self.access_log.handle(record)
         finally:
             if token is not None:
                 otel_context.detach(token)

@@ -33,10 +33,9 @@ SENSITIVE_NAMES = frozenset(
 _SENSITIVE_SUFFIXES = ("_token", "_key", "_password", "_secret", "_signature", "_plaintext", "_ciphertext")
 _MAX_DEPTH = 4
 
-# Cheap pre-check: most strings contain none of these, and one search decides it.
-_SUSPECT = re.compile(
-    r"(?i)bearer|basic\s|eyJ|authorization|password|passwd|token|secret|plaintext|ciphertext|signature|api.?key"
-)
+# Cheap pre-check: every rule below needs one of these words, and most strings hold none. A literal
+# alternation on a lower-cased copy is several times faster than a case-insensitive pattern.
+_SUSPECT = re.compile("bearer|basic|eyj|authoriz|passw|token|secret|plaintext|ciphertext|signature|key")
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # `Authorization: <scheme> <credentials>`, `"authorization": "..."`, `authorization=...`
     (
@@ -57,13 +56,25 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+_name_verdicts: dict[str, bool] = {}
+
+
 def is_sensitive_name(name: str) -> bool:
-    lowered = name.lower().replace("-", "_")
-    return lowered in SENSITIVE_NAMES or lowered.endswith(_SENSITIVE_SUFFIXES)
+    verdict = _name_verdicts.get(name)
+    if verdict is None:
+        lowered = name.lower().replace("-", "_")
+        verdict = lowered in SENSITIVE_NAMES or lowered.endswith(_SENSITIVE_SUFFIXES)
+        if len(_name_verdicts) < 4096:  # names are few; stay bounded if callers invent them
+            _name_verdicts[name] = verdict
+    return verdict
+
+
+def may_hold_secret(text: str) -> bool:
+    return _SUSPECT.search(text.lower()) is not None
 
 
 def redact_text(text: str) -> str:
-    if not _SUSPECT.search(text):
+    if not may_hold_secret(text):
         return text
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
