@@ -8,6 +8,7 @@ Every worker binds the same port with SO_REUSEPORT, so the kernel spreads connec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -109,20 +110,23 @@ class GrpcServer:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        if loop.is_closed():  # never started serving, or already stopped
+            thread.join(max(0.0, deadline - time.monotonic()))
+            return
         if threading.current_thread() is thread:
             if first:
                 task = loop.create_task(self._shutdown(grace_s))
                 task.add_done_callback(lambda _: loop.stop())
             return
         if first:
-            future = asyncio.run_coroutine_threadsafe(self._shutdown(grace_s), loop)
             try:
+                future = asyncio.run_coroutine_threadsafe(self._shutdown(grace_s), loop)
                 future.result(timeout=max(0.0, deadline - time.monotonic() - 0.5))
             except TimeoutError:
                 log.warning("gRPC server did not drain within %.1fs; stopping its loop", grace_s)
             except Exception:
                 log.exception("error while stopping the gRPC server")
-            if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed by itself meanwhile
                 loop.call_soon_threadsafe(loop.stop)
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():

@@ -132,6 +132,7 @@ def test_start_fails_loudly_when_the_port_is_taken(stack: RpcStack) -> None:
         with pytest.raises(RuntimeError):
             srv.start()
         assert not srv.serving
+        srv.stop(1)  # harmless after a failed start
 
 
 def test_workers_can_share_the_port(stack: RpcStack, server: GrpcServer) -> None:
