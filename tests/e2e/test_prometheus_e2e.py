@@ -1,0 +1,202 @@
+"""Debian's real Prometheus scrapes the real service and evaluates our rule files.
+
+After a load that exercises every operation (and the ways they fail), every dashboard panel that reads
+service metrics returns data; and when the upstream is made to fail, the circuit-breaker alert fires.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from app.rpc.platform.v1 import platform_pb2 as pb
+from tests.conftest import free_port, wait_until
+from tests.e2e.conftest import Proc, base_env, mint, start_api, start_upstream
+from tests.e2e.test_service import grpc_call
+from tests.stack.panel_queries import panel_queries
+from tests.stack.prometheus_config import write_scrape_path_config
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Prometheus:
+    url: str
+    popen: subprocess.Popen[bytes]
+
+    def get(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as resp:
+            body = json.load(resp)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[Any]:
+        result: list[Any] = self.get("/api/v1/query", query=expr)["result"]
+        return result
+
+
+@dataclass
+class Observed:
+    api: Proc
+    upstream: Proc
+    prometheus: Prometheus
+    token: str
+    admin: str
+
+
+@pytest.fixture(scope="module")
+def observed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not installed (apt-get install prometheus); .ci/run installs it")
+    tmp = tmp_path_factory.mktemp("prom")
+    # A small pool queue and rate limit so that load shows rejections too (their panels need data).
+    env = base_env(redis_server, tmp, POOL_QUEUE_SIZE="2", RATE_LIMIT="150/second")
+    upstream = start_upstream(env)
+    api = start_api(env, upstream)
+    port = free_port()
+    config = write_scrape_path_config(tmp, api=f"127.0.0.1:{api.port}", upstream=f"127.0.0.1:{upstream.port}")
+    popen = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    prom = Prometheus(f"http://127.0.0.1:{port}", popen)
+    try:
+        wait_until(lambda: prom.get("/api/v1/status/runtimeinfo"), timeout=30, message="prometheus up")
+        yield Observed(api, upstream, prom, mint(env, "prom-load"), mint(env, "prom-admin", "admin"))
+    finally:
+        popen.terminate()
+        popen.wait(10)
+        api.stop()
+        upstream.stop()
+
+
+def drive_load(o: Observed, seconds: float) -> None:
+    """A mix of every operation over both transports, with the failures the dashboards show."""
+    t = o.token
+    deadline = time.monotonic() + seconds
+    b64 = "c2VjcmV0"
+
+    def http_round(i: int) -> None:
+        o.api.request("PUT", f"/v1/items/load-{i % 20}", {"value": i}, token=t)
+        o.api.request("GET", f"/v1/items/load-{i % 20}", token=t)
+        o.api.request("GET", "/v1/items/absent", token=t)
+        o.api.request("GET", "/v1/quotes/LOAD", token=t)
+        o.api.request("POST", "/v1/crypto/encrypt", {"plaintext": b64}, token=t)
+        o.api.request("POST", "/v1/crypto/sign", {"message": b64}, token=t)
+        o.api.request("POST", "/v1/compute/hash", {"password": b64, "params": {"n": 1024}}, token=t)
+        o.api.request("DELETE", f"/v1/items/load-{(i + 7) % 20}", token=t)
+
+    def grpc_round(i: int) -> None:
+        calls = [
+            ("GetQuote", pb.GetQuoteRequest(symbol="LOAD")),
+            ("Encrypt", pb.EncryptRequest(plaintext=b"secret")),
+            ("GetItem", pb.GetItemRequest(key="absent")),  # NOT_FOUND is part of the mix
+        ]
+        for method, request in calls:
+            try:
+                grpc_call(o.api, method, request, t)
+            except grpc.RpcError:
+                pass  # errors (and the odd rate-limit rejection) are what some panels show
+
+    def burst() -> None:
+        # Saturate the pool (queue of 2) and the rate limit once, so rejections are counted.
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda _: o.api.request("POST", "/v1/compute/primes", {"limit": 2_000_000}, token=t),
+                    range(8),
+                )
+            )
+        for _ in range(200):
+            if o.api.request("GET", "/v1/items/absent", token=t).status == 429:
+                break
+
+    burst()
+    i = 0
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        while time.monotonic() < deadline:
+            list(pool.map(http_round, range(i, i + 4)))
+            grpc_round(i)
+            i += 4
+
+
+@pytest.mark.timeout(420)
+def test_every_service_panel_has_data_and_the_breaker_alert_fires(observed: Observed) -> None:
+    drive_load(observed, seconds=25)
+    queries = [q for q in panel_queries({"__rate_interval": "30s", "__range": "5m"}) if q.source == "service"]
+    assert len(queries) > 20
+
+    def empty_panels() -> list[str]:
+        return [
+            f"{q.dashboard_uid} / {q.panel_title}: {q.expr}"
+            for q in queries
+            if not observed.prometheus.query(q.expr)
+        ]
+
+    # Scrapes happen every second; give the last of the load a few scrapes to land.
+    missing: list[str] = []
+
+    def all_have_data() -> bool:
+        missing[:] = empty_panels()
+        return not missing
+
+    try:
+        wait_until(all_have_data, timeout=30, interval=1, message="every service panel to have data")
+    except AssertionError:
+        pytest.fail("panels without data:\n" + "\n".join(missing))
+
+    # Make the upstream fail while quote traffic continues; the alert's `for: 1m` must elapse.
+    r = observed.upstream.request("POST", "/chaos", {"error_rate": 1.0, "ttl_s": 600}, token=observed.admin)
+    assert r.status == 200
+
+    def breaker_alert_firing() -> bool:
+        observed.api.request("GET", "/v1/quotes/LOAD", token=observed.token)
+        alerts = observed.prometheus.get("/api/v1/alerts")["alerts"]
+        return any(
+            a["labels"]["alertname"] == "PlatformCircuitBreakerOpen"
+            and a["state"] == "firing"
+            and a["labels"].get("name") == "upstream"
+            for a in alerts
+        )
+
+    try:
+        wait_until(
+            breaker_alert_firing, timeout=180, interval=0.5, message="PlatformCircuitBreakerOpen firing"
+        )
+    finally:
+        observed.upstream.request("POST", "/chaos", {"reset": True}, token=observed.admin)
+    alert = next(
+        a
+        for a in observed.prometheus.get("/api/v1/alerts")["alerts"]
+        if a["labels"]["alertname"] == "PlatformCircuitBreakerOpen"
+    )
+    assert alert["labels"]["severity"]
+    assert alert["annotations"]["runbook_url"].endswith("#platformcircuitbreakeropen")
+
+
+def test_rule_files_load_without_errors(observed: Observed) -> None:
+    groups = observed.prometheus.get("/api/v1/rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert rules, "Prometheus loaded our rule files"
+    unhealthy = [(r["name"], r.get("lastError")) for r in rules if r.get("health") == "err"]
+    assert not unhealthy, unhealthy
