@@ -96,10 +96,10 @@ class Settings(BaseSettings):
     breaker_open_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     breaker_half_open_calls: Annotated[int, Field(ge=1, le=100)] = 3
 
-    # Secrets (base64url). No defaults outside dev mode.
-    auth_signing_key: Annotated[str, NoDecode] = ""
-    crypto_keys: Annotated[str, NoDecode] = ""
-    crypto_signing_key: Annotated[str, NoDecode] = ""
+    # Secrets (base64url). No defaults outside dev mode; never in repr() or str().
+    auth_signing_key: Annotated[str, NoDecode, Field(repr=False)] = ""
+    crypto_keys: Annotated[str, NoDecode, Field(repr=False)] = ""
+    crypto_signing_key: Annotated[str, NoDecode, Field(repr=False)] = ""
 
     # Where dev mode keeps its generated keys; git-ignored.
     dev_secrets_file: Path = Path(DEV_SECRETS_FILE)
@@ -130,20 +130,32 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @model_validator(mode="after")
+    def _breaker_can_open(self) -> Settings:
+        if self.breaker_min_calls > self.breaker_window:
+            raise ValueError(
+                f"BREAKER_MIN_CALLS ({self.breaker_min_calls}) exceeds BREAKER_WINDOW "
+                f"({self.breaker_window}): the circuit breaker could never open"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _secrets(self) -> Settings:
-        if self.app_env == "dev":
-            return self
         for name in ("auth_signing_key", "crypto_keys", "crypto_signing_key"):
             value: str = getattr(self, name)
+            if self.app_env == "dev" and not value:
+                continue  # dev mode fills it from the generated file
             if value.strip().lower() in PLACEHOLDERS:
                 raise ValueError(
                     f"{name.upper()} is missing or a placeholder; set a real secret "
                     "(see README, 'Configuration'), or run with APP_ENV=dev for development keys"
                 )
         # Parse now so that a malformed key fails at start, not at the first request.
-        b64decode(self.auth_signing_key, name="AUTH_SIGNING_KEY", size=32)
-        b64decode(self.crypto_signing_key, name="CRYPTO_SIGNING_KEY", size=32)
-        parse_keyring(self.crypto_keys, name="CRYPTO_KEYS")
+        if self.auth_signing_key:
+            b64decode(self.auth_signing_key, name="AUTH_SIGNING_KEY", size=32)
+        if self.crypto_signing_key:
+            b64decode(self.crypto_signing_key, name="CRYPTO_SIGNING_KEY", size=32)
+        if self.crypto_keys:
+            parse_keyring(self.crypto_keys, name="CRYPTO_KEYS")
         return self
 
     @property

@@ -146,10 +146,6 @@ def test_corrupt_dev_secrets_file_is_reported(tmp_path: Path) -> None:
     assert str(path) in message and "delete it" in message
 
 
-# -- known defects, reported to the settings owner; strict xfail flips to a failure once fixed ------------
-
-
-@pytest.mark.xfail(strict=True, reason="Settings repr/str print the secrets (reported; use repr=False)")
 def test_secrets_never_appear_in_repr() -> None:
     env = settings_env()
     settings = load_settings(env)
@@ -158,15 +154,11 @@ def test_secrets_never_appear_in_repr() -> None:
         assert value not in repr(settings) and value not in str(settings)
 
 
-@pytest.mark.xfail(strict=True, reason="dev mode does not validate explicitly set secrets (reported)")
 @pytest.mark.parametrize("name", SECRETS)
 def test_dev_mode_refuses_a_malformed_explicit_secret_at_start(tmp_path: Path, name: str) -> None:
     refused({"APP_ENV": "dev", "DEV_SECRETS_FILE": str(tmp_path / "d.json"), name: "short"})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="min_calls > window is accepted; the breaker could never open (reported)"
-)
 def test_breaker_min_calls_cannot_exceed_the_window() -> None:
     message = refused({**settings_env(), "BREAKER_WINDOW": "5", "BREAKER_MIN_CALLS": "10"})
     assert "BREAKER_MIN_CALLS" in message
