@@ -22,8 +22,8 @@ def _op(
     body: dict[str, Any] | None = None,
     ok: dict[str, Any] | None = None,
     ok_status: str = "200",
-    params: list[str] = (),
-) -> dict[str, Any]:  # type: ignore[assignment]
+    params: tuple[str, ...] = (),
+) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {}}
     if params:
         op["parameters"] = [{"$ref": f"#/components/parameters/{p}"} for p in params]
@@ -186,7 +186,7 @@ def openapi_document() -> dict[str, Any]:
                     "A quote from the upstream (timeout, retry, circuit breaker; stale fallback)",
                     scope="read",
                     ok=QUOTE,
-                    params=["symbol"],
+                    params=("symbol",),
                 )
             },
             "/admin/chaos": {
