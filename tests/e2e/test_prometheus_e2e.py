@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from app.rpc.platform.v1 import platform_pb2 as pb
-from tests.conftest import free_port, wait_until
+from tests.conftest import ROOT, free_port, wait_until
 from tests.e2e.conftest import Proc, base_env, mint, start_api, start_upstream
 from tests.e2e.test_service import grpc_call
 from tests.stack.panel_queries import panel_queries
@@ -200,3 +200,45 @@ def test_rule_files_load_without_errors(observed: Observed) -> None:
     assert rules, "Prometheus loaded our rule files"
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r.get("health") == "err"]
     assert not unhealthy, unhealthy
+
+
+def service_metric_names() -> dict[str, str]:
+    """Prometheus name -> OTel name, from the service table of docs/telemetry.md (the contract)."""
+    rows: dict[str, str] = {}
+    header: list[str] | None = None
+    for line in (ROOT / "docs" / "telemetry.md").read_text().splitlines():
+        cells = (
+            [c.strip().strip("`") for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        )
+        if not cells:
+            header = None
+            continue
+        if header is None:
+            header = cells
+            continue
+        if "OTel name" in header and "Prometheus name" in header and not set(cells[0]) <= {"-"}:
+            rows[cells[header.index("Prometheus name")]] = cells[header.index("OTel name")]
+    return rows
+
+
+def exposed_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split(" ", 3)
+            names.add(family + "_total" if kind == "counter" and not family.endswith("_total") else family)
+    return names
+
+
+def test_metrics_match_the_contract_both_ways(observed: Observed) -> None:
+    """After the load above: everything the contract lists is emitted, and nothing else is."""
+    contract = service_metric_names()
+    assert len(contract) > 20
+    text = observed.api.request("GET", "/metrics").body.decode()
+    exposed = exposed_names(text)
+    assert sorted(set(contract) - exposed) == [], "listed in docs/telemetry.md but not emitted"
+    assert sorted(exposed - set(contract)) == [], "emitted but not listed in docs/telemetry.md"
+    # The upstream is a second service with the same instrumentation; it emits only listed names too.
+    upstream = exposed_names(observed.upstream.request("GET", "/metrics").body.decode())
+    assert upstream
+    assert sorted(upstream - set(contract)) == []
