@@ -63,15 +63,16 @@ _GETTER = _Getter()
 
 
 class _RequestState:
-    __slots__ = ("attributes", "route", "span", "start_ns", "status", "token")
+    __slots__ = ("context", "protocol", "route", "span", "start_ns", "status", "token")
 
-    def __init__(self, start_ns: int) -> None:
+    def __init__(self, start_ns: int, protocol: str) -> None:
         self.start_ns = start_ns
+        self.protocol = protocol
         self.span: trace.Span | None = None
+        self.context: otel_context.Context | None = None  # the span's context: attached, then for exemplars
         self.token: object | None = None
         self.route: str | None = None
         self.status: int | None = None
-        self.attributes: dict[str, Any] | None = None
 
 
 class FlaskInstrumentation:
@@ -116,7 +117,7 @@ class FlaskInstrumentation:
         if environ.get("PATH_INFO", "") in self._excluded:
             return self._wrapped(environ, start_response)
         started = perf_counter()
-        state = _RequestState(time_ns())
+        state = _RequestState(time_ns(), _protocol_version(environ))
         environ[_STATE_KEY] = state
         method = environ.get("REQUEST_METHOD", "")
         if method not in KNOWN_METHODS:
@@ -145,7 +146,7 @@ class FlaskInstrumentation:
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.scheme": scheme,
-            "network.protocol.version": _protocol_version(environ),
+            "network.protocol.version": state.protocol,
         }
         if state.route is not None:
             attributes["http.route"] = state.route
@@ -153,9 +154,7 @@ class FlaskInstrumentation:
             attributes["http.response.status_code"] = state.status
             if state.status >= 500:
                 attributes["error.type"] = str(state.status)
-        span = state.span
-        exemplar_context = trace.set_span_in_context(span) if span is not None else None
-        self._duration.record(max(perf_counter() - started, 0.0), attributes, context=exemplar_context)
+        self._duration.record(max(perf_counter() - started, 0.0), attributes, context=state.context)
         return result
 
     def _observe_active(self, _options: CallbackOptions) -> Iterator[Observation]:
@@ -179,7 +178,7 @@ class FlaskInstrumentation:
             "http.request.method": known,
             "url.scheme": environ.get("wsgi.url_scheme", "http"),
             "url.path": environ.get("PATH_INFO", "") or "/",
-            "network.protocol.version": _protocol_version(environ),
+            "network.protocol.version": state.protocol,
         }
         if known == "_OTHER":
             attributes["http.request.method_original"] = method
@@ -206,7 +205,8 @@ class FlaskInstrumentation:
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes, start_time=state.start_ns
         )
         state.span = span
-        state.token = otel_context.attach(trace.set_span_in_context(span, parent))
+        state.context = trace.set_span_in_context(span, parent)
+        state.token = otel_context.attach(state.context)
 
     def _teardown_request(self, exc: BaseException | None) -> None:
         environ = flask.request.environ
@@ -217,7 +217,7 @@ class FlaskInstrumentation:
         state.token = None
         # Teardown hooks run in reverse order of registration: this one (registered by instrument_flask_app,
         # after the app's own hooks) runs while the app's request context is still bound.
-        stash_request_log_context(environ)
+        stash_request_log_context(environ, span.get_span_context())
         if exc is not None:
             # Exception messages may quote request data: scrub them like log records.
             span.record_exception(

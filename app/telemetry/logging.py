@@ -37,6 +37,7 @@ from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from app.runtime import context as request_context
+from app.telemetry.line_writer import BufferedLineHandler
 from app.telemetry.redaction import REDACTED, is_sensitive_name, redact_text, redact_value
 
 DEFAULT_SERVICE_NAME = "platform-api"
@@ -46,14 +47,17 @@ ENVIRON_LOG_CONTEXT = "platform.log_context"
 _FLASK_SPAN_KEY = "opentelemetry-flask.span_key"  # set by the Flask instrumentation
 
 _PREPARED = "_platform_prepared"
+# An access record names the only fields that can carry client input; its other fields are ours.
+_SCRUB_ONLY = "_platform_scrub_only"
 CORRELATION_FIELDS = ("service", "trace_id", "span_id", "request_id", "user", "pid")
 # LogRecord attributes that are not "extra" fields.
-_STANDARD_ATTRS = frozenset(RESERVED_ATTRS) | {"taskName", "message", "asctime", _PREPARED}
+_STANDARD_ATTRS = frozenset(RESERVED_ATTRS) | {"taskName", "message", "asctime", _PREPARED, _SCRUB_ONLY}
 _NOT_EXTRA = _STANDARD_ATTRS | frozenset(CORRELATION_FIELDS)
 # Values we produce ourselves (hex ids, an IP address): nothing to scrub.
 _TRUSTED_FIELDS = frozenset({"trace_id", "span_id", "remote_addr"})
+_ACCESS_CLIENT_FIELDS = ("method", "path", "user_agent", "request_id", "user")
 # The correlation fields travel in the OTLP record itself (trace context, resource), not as attributes.
-_NOT_OTLP_ATTRIBUTES = frozenset({_PREPARED, "service", "trace_id", "span_id", "pid"})
+_NOT_OTLP_ATTRIBUTES = frozenset({_PREPARED, _SCRUB_ONLY, "service", "trace_id", "span_id", "pid"})
 _OUR_HANDLER = "_platform_handler"
 
 
@@ -97,7 +101,8 @@ class RecordPreparer(logging.Filter):
                 text = f"{msg!s} {record.args!r}"
             record.msg = redact_text(text)
             record.args = None
-        for name in fields.keys() - _STANDARD_ATTRS:
+        names = fields.pop(_SCRUB_ONLY, None) or (fields.keys() - _STANDARD_ATTRS)
+        for name in names:
             value = fields[name]
             if is_sensitive_name(name):
                 fields[name] = REDACTED
@@ -120,18 +125,17 @@ class RecordPreparer(logging.Filter):
 
 _preparer = RecordPreparer()
 
-_ts_second = -1
-_ts_prefix = ""
+_ts_cache: tuple[int, str] = (-1, "")  # one tuple: threads read and replace it atomically
 
 
 def rfc3339(created: float) -> str:
     """`2025-01-02T03:04:05.678Z`; the per-second prefix is cached (one strftime per second, not per line)."""
-    global _ts_second, _ts_prefix
+    global _ts_cache
     second = int(created)
-    prefix = _ts_prefix
-    if second != _ts_second:
+    cached_second, prefix = _ts_cache
+    if second != cached_second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _ts_prefix, _ts_second = prefix, second
+        _ts_cache = (second, prefix)
     return f"{prefix}.{int((created - second) * 1000):03d}Z"
 
 
@@ -181,6 +185,13 @@ class OtlpLoggingHandler(LoggingHandler):
             warnings.simplefilter("ignore", DeprecationWarning)
             super().__init__(logger_provider=logger_provider)
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        # The SDK logger and its processors are thread-safe: skip the handler lock (a convoy per record).
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
     @staticmethod
     def _get_attributes(record: logging.LogRecord) -> Attributes:
         attributes = dict(LoggingHandler._get_attributes(record) or {})
@@ -206,13 +217,17 @@ def _mark(handler: logging.Handler) -> logging.Handler:
 def configure_logging(
     service_name: str = DEFAULT_SERVICE_NAME, level: str | int = "INFO", *, stream: IO[str] | None = None
 ) -> logging.Handler:
-    """One JSON handler on stdout (or `stream`) at the root logger, replacing one installed before."""
+    """One JSON handler on stdout (or `stream`) at the root logger, replacing one installed before.
+
+    Lines below WARNING are written in batches within 0.1 s (app.telemetry.line_writer); call the
+    returned handler's flush() to write them now.
+    """
     _preparer.service_name = service_name
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _OUR_HANDLER, False) and not isinstance(handler, OtlpLoggingHandler):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler = BufferedLineHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(JsonFormatter(service_name))
     handler.addFilter(_preparer)
     root.addHandler(_mark(handler))
@@ -223,23 +238,37 @@ def configure_logging(
     return handler
 
 
+_otlp_handlers = 0  # access lines only need the span made current when an OTLP handler will read it
+
+
 def attach_otlp_handler(logger_provider: APILoggerProvider, level: int = logging.NOTSET) -> logging.Handler:
     """Send every root-level record over OTLP too (scrubbed, with the active trace context)."""
+    global _otlp_handlers
     handler = OtlpLoggingHandler(logger_provider)
     handler.setLevel(level)
     handler.addFilter(_SkipOtelInternals())
     handler.addFilter(_preparer)
     logging.getLogger().addHandler(_mark(handler))
+    _otlp_handlers += 1
     return handler
 
 
 def detach_handler(handler: logging.Handler) -> None:
-    logging.getLogger().removeHandler(handler)
+    global _otlp_handlers
+    root = logging.getLogger()
+    if handler in root.handlers:
+        root.removeHandler(handler)
+        if isinstance(handler, OtlpLoggingHandler):
+            _otlp_handlers -= 1
 
 
-def stash_request_log_context(environ: MutableMapping[str, Any]) -> None:
+def stash_request_log_context(
+    environ: MutableMapping[str, Any], span_context: SpanContext | None = None
+) -> None:
     """Called while the request is still being handled: keep what the access log line needs."""
-    environ[ENVIRON_LOG_CONTEXT] = (request_context.current(), trace.get_current_span().get_span_context())
+    if span_context is None:
+        span_context = trace.get_current_span().get_span_context()
+    environ[ENVIRON_LOG_CONTEXT] = (request_context.current(), span_context)
 
 
 def _response_header(resp: Any, name: str) -> str:
@@ -308,12 +337,14 @@ class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
             "user_agent": environ.get("HTTP_USER_AGENT", ""),
             "request_id": request_id,
             "user": user,
+            _SCRUB_ONLY: _ACCESS_CLIENT_FIELDS,
         }
         token = None
         if span_context is not None and span_context.is_valid:
             extra["trace_id"] = format(span_context.trace_id, "032x")
             extra["span_id"] = format(span_context.span_id, "016x")
-            token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(span_context)))
+            if _otlp_handlers:
+                token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(span_context)))
         # A LogRecord built here skips Logger._log's caller lookup (a stack walk per access line).
         record = logging.LogRecord(
             self.access_log.name, logging.INFO, "", 0, "%s %s %s", (method, path, status), None

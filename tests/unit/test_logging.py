@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from app.runtime.context import RequestContext, bind, set_user
 from app.telemetry import logging as tlog
 from app.telemetry.redaction import REDACTED, redact_text, redact_value
+from tests.conftest import wait_until
 
 DOC_FIELDS = [
     "timestamp",
@@ -47,8 +48,14 @@ class Captured:
     stream: io.StringIO
     otlp: InMemoryLogRecordExporter
 
+    def text(self) -> str:
+        """What reached the stream, once the handler wrote its pending (batched) lines."""
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        return self.stream.getvalue()
+
     def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+        return [json.loads(line) for line in self.text().splitlines()]
 
 
 @pytest.fixture
@@ -124,6 +131,24 @@ def test_extras_and_exceptions_are_kept(captured: Captured) -> None:
     assert exported.attributes["exception.type"] == "RuntimeError"
 
 
+def test_info_lines_are_batched_and_warnings_written_at_once() -> None:
+    stream = io.StringIO()
+    handler = tlog.configure_logging("platform-api", "INFO", stream=stream)
+    try:
+        log = logging.getLogger("app.test")
+        log.info("queued")
+        assert stream.getvalue() == ""  # written by the writer thread, not by the request thread
+        log.warning("urgent")  # writes everything pending, in order
+        assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
+            "queued",
+            "urgent",
+        ]
+        log.info("later")
+        wait_until(lambda: "later" in stream.getvalue(), timeout=5, message="the writer thread to write")
+    finally:
+        tlog.detach_handler(handler)
+
+
 def test_rfc3339_timestamps() -> None:
     assert tlog.rfc3339(0.5) == "1970-01-01T00:00:00.500Z"
     assert tlog.rfc3339(1_700_000_000.0071) == "2023-11-14T22:13:20.007Z"
@@ -177,7 +202,7 @@ def _emit_every_kind_of_secret(log: logging.Logger) -> None:
 def test_no_secret_reaches_stdout_or_otlp(captured: Captured) -> None:
     with tracer.start_as_current_span("request"):
         _emit_every_kind_of_secret(logging.getLogger("app.test"))
-    stdout = captured.stream.getvalue()
+    stdout = captured.text()
     records = captured.otlp.get_finished_logs()
     assert len(captured.lines()) == len(records) == 10
     exported = json.dumps(
@@ -265,7 +290,7 @@ def test_access_log_is_one_json_record_with_request_fields(
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
     (record,) = captured.otlp.get_finished_logs()
     assert record.log_record.trace_id == span.get_span_context().trace_id  # the OTLP copy is in the trace
-    assert JWT not in captured.stream.getvalue()
+    assert JWT not in captured.text()
 
 
 def test_access_log_without_a_stash_falls_back_to_the_response_header(
