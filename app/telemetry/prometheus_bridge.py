@@ -22,7 +22,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import struct
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -133,6 +135,26 @@ def render_metrics(path: str | None = None) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+_INITIAL_FILE_SIZE = 1 << 16  # what MmapedDict allocates for a new file
+_EMPTY_HEADER = struct.pack("i", 8)  # "used" = 8: the header only, no entries yet
+
+
+def _create_atomically(path: str) -> None:
+    """Give a new file its header before its name appears.
+
+    MmapedDict creates an empty file and sizes it afterwards; a scrape globbing the directory in between
+    reads zero bytes and fails (seen when a replacement worker starts during a scrape). A file complete
+    under a temporary name (not *.db, so never globbed) and then renamed cannot be seen half-made.
+    """
+    if os.path.exists(path):
+        return
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(temporary, "wb") as fh:
+        fh.truncate(_INITIAL_FILE_SIZE)
+        fh.write(_EMPTY_HEADER)
+    os.replace(temporary, path)
+
+
 @dataclass(slots=True)
 class _Series:
     attributes: object  # kept so that its id() cannot be reused while cached
@@ -224,6 +246,7 @@ class PrometheusMultiprocessExporter(MetricExporter):
         mmaped = self._files.get(prefix)
         if mmaped is None:
             path = os.path.join(self._directory, f"{prefix}_{self._pid}.db")
+            _create_atomically(path)
             mmaped = self._files[prefix] = _open_value_file(path)
         return mmaped
 
