@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import os
 import signal
 import time
 import uuid
@@ -272,20 +273,30 @@ def test_sigterm_with_requests_in_flight_loses_none(
     tmp = tmp_path_factory.mktemp("sigterm")
     env = base_env(redis_server, tmp)
     upstream = start_upstream(env)
-    api = start_api(env, upstream)
+    api = start_api(env, upstream, UPSTREAM_READ_TIMEOUT_S="6", UPSTREAM_DEADLINE_S="8")
     try:
         token = mint(env, "sigterm")
         admin = mint(env, "sigterm-admin", "admin")
-        # Make each upstream call take 0.6 s so that requests are surely in flight when SIGTERM lands.
-        assert upstream.request("POST", "/chaos", {"latency_ms": 600, "ttl_s": 60}, token=admin).status == 200
+        # Each upstream call takes 2.5 s, so the calls are surely in flight when SIGTERM lands.
+        assert (
+            upstream.request("POST", "/chaos", {"latency_ms": 2500, "ttl_s": 60}, token=admin).status == 200
+        )
+
+        def upstream_in_flight() -> float:
+            text = upstream.request("GET", "/metrics").body.decode()
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("http_server_active_requests")
+            )
+
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             http_calls = [pool.submit(api.request, "GET", "/v1/quotes/SLOW", token=token) for _ in range(8)]
             grpc_calls = [
                 pool.submit(grpc_call, api, "GetQuote", pb.GetQuoteRequest(symbol="SLOW"), token)
                 for _ in range(8)
             ]
-            wait_until(lambda: api.request("GET", "/healthz").status == 200, message="service up")
-            time.sleep(0.2)  # not a condition wait: lets the 16 calls reach the upstream before the signal
+            wait_until(lambda: upstream_in_flight() >= 16, timeout=10, message="16 calls in flight upstream")
             api.popen.send_signal(signal.SIGTERM)
             http_results = [f.result(timeout=30) for f in http_calls]
             grpc_results = [f.result(timeout=30) for f in grpc_calls]
@@ -304,8 +315,6 @@ def test_killed_worker_is_replaced_and_serves_both_transports(stack: Stack) -> N
     before = set(stack.api.worker_pids())
     assert len(before) == 2
     victim = sorted(before)[0]
-    import os
-
     os.kill(victim, signal.SIGKILL)
 
     def replaced() -> bool:
