@@ -77,16 +77,13 @@ def otlp_protocol(signal: Signal) -> str | None:
 
 
 def otlp_span_exporter(protocol: str) -> SpanExporter:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+    from app.telemetry import otlp_exporters
 
-        return GrpcSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-
-    return HttpSpanExporter()
+    return otlp_exporters.GrpcSpanExporter() if protocol == "grpc" else otlp_exporters.HttpSpanExporter()
 
 
 def otlp_metric_exporter(protocol: str) -> MetricExporter:
+    # Once per export interval, not per request: the SDK's own exporter and encoder.
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
@@ -101,13 +98,9 @@ def otlp_metric_exporter(protocol: str) -> MetricExporter:
 
 
 def otlp_log_exporter(protocol: str) -> LogRecordExporter:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+    from app.telemetry import otlp_exporters
 
-        return GrpcLogExporter()
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
-
-    return HttpLogExporter()
+    return otlp_exporters.GrpcLogExporter() if protocol == "grpc" else otlp_exporters.HttpLogExporter()
 
 
 class _ExporterLogCapture(logging.Filter):
