@@ -57,6 +57,7 @@ _NOT_EXTRA = _STANDARD_ATTRS | frozenset(CORRELATION_FIELDS)
 _TRUSTED_FIELDS = frozenset({"trace_id", "span_id", "remote_addr"})
 _ACCESS_CLIENT_FIELDS = ("method", "path", "user_agent", "request_id", "user")
 # The correlation fields travel in the OTLP record itself (trace context, resource), not as attributes.
+_CODE_ATTRIBUTES = ("code.file.path", "code.function.name", "code.line.number")
 _NOT_OTLP_ATTRIBUTES = frozenset({_PREPARED, _SCRUB_ONLY, "service", "trace_id", "span_id", "pid"})
 _OUR_HANDLER = "_platform_handler"
 
@@ -197,6 +198,9 @@ class OtlpLoggingHandler(LoggingHandler):
         attributes = dict(LoggingHandler._get_attributes(record) or {})
         for name in _NOT_OTLP_ATTRIBUTES:
             attributes.pop(name, None)
+        if not record.lineno:  # built without a call site (access lines): no code location to report
+            for name in _CODE_ATTRIBUTES:
+                attributes.pop(name, None)
         if not record.exc_info and record.exc_text:  # scrubbed exception: only its text survived
             attributes["exception.stacktrace"] = record.exc_text
         return attributes
