@@ -94,6 +94,17 @@ def test_expired_token_beyond_leeway(settings: Settings) -> None:
     assert Authenticator(settings).authenticate("Bearer " + just_expired.mint("alice", ["a"], ttl_s=60))
 
 
+def test_a_remembered_token_still_expires(settings: Settings) -> None:
+    now = [time.time()]
+    auth = Authenticator(settings, clock=lambda: now[0])
+    header = "Bearer " + auth.mint("alice", ["read"], ttl_s=60)
+    first = auth.authenticate(header)
+    assert auth.authenticate(header) is first  # served from the verified-token cache
+    now[0] += 60 + 5 + 1  # past exp and the leeway
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(header)
+
+
 def test_garbage_and_tampered_tokens(auth: Authenticator, settings: Settings) -> None:
     token = auth.mint("alice", ["a"], ttl_s=60)
     header, payload, signature = token.split(".")
