@@ -7,8 +7,9 @@ lock, appends to a bounded deque, and a writer thread joins and writes the pendi
 `interval_s`. Records at WARNING and above are written at once by the caller, so errors never wait, and
 `flush()` (called by logging at interpreter exit, and by tests) writes everything pending.
 
-Fork-safe: the writer thread starts lazily in the process that first logs; a forked child drops what it
-inherited (the parent writes its own lines) and starts its own writer.
+Fork-safe: the writer thread starts lazily in the process that first logs; no fork happens during a write
+(the write lock is held across fork, as logging does for its handler locks); a forked child drops the
+lines it inherited (the parent writes them) and starts its own writer.
 """
 
 from __future__ import annotations
@@ -40,12 +41,25 @@ class BufferedLineHandler(logging.Handler):
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
 
+            def before_fork() -> None:
+                handler = ref()
+                if handler is not None:
+                    # No fork in the middle of a write: the child would inherit a held stream lock.
+                    handler._write_lock.acquire()
+
+            def after_fork_in_parent() -> None:
+                handler = ref()
+                if handler is not None:
+                    handler._write_lock.release()
+
             def after_fork_in_child() -> None:
                 handler = ref()
                 if handler is not None:
                     handler._after_fork()
 
-            os.register_at_fork(after_in_child=after_fork_in_child)
+            os.register_at_fork(
+                before=before_fork, after_in_parent=after_fork_in_parent, after_in_child=after_fork_in_child
+            )
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock: formatting is thread-safe and the deque is; only the writer serialises writes.

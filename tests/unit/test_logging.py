@@ -320,3 +320,31 @@ def test_gunicorn_error_log_is_json(captured: Captured, gunicorn_logger: tlog.Gu
         "INFO",
         "Booting worker with pid: 42",
     )
+
+
+def _log_in_child(path: str) -> None:
+    from app.telemetry.line_writer import BufferedLineHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BufferedLineHandler):
+            logging.getLogger("app.child").info("from the child")
+            handler.flush()
+
+
+def test_a_forked_child_writes_only_its_own_lines(tmp_path: Any) -> None:
+    import multiprocessing
+
+    path = tmp_path / "out.jsonl"
+    with path.open("a", buffering=1) as stream:
+        handler = tlog.configure_logging("platform-api", "INFO", stream=stream)
+        try:
+            logging.getLogger("app.parent").info("pending in the parent")  # not yet written at fork
+            child = multiprocessing.get_context("fork").Process(target=_log_in_child, args=(str(path),))
+            child.start()
+            child.join(10)
+            assert child.exitcode == 0
+            handler.flush()
+        finally:
+            tlog.detach_handler(handler)
+    messages = [json.loads(line)["message"] for line in path.read_text().splitlines()]
+    assert sorted(messages) == ["from the child", "pending in the parent"]  # each line exactly once
