@@ -84,6 +84,9 @@ class Settings(BaseSettings):
 
     rate_limit: str = "200/second"
 
+    # Access lines always go to stdout as JSON; over OTLP only on request (they repeat the server span).
+    otlp_access_logs: bool = False
+
     upstream_port: Annotated[int, Field(ge=1, le=65535)] = 8081
     upstream_url: str = "http://127.0.0.1:8081"
     upstream_connect_timeout_s: Annotated[float, Field(gt=0, le=30)] = 0.25

@@ -74,11 +74,15 @@ class BufferedLineHandler(logging.Handler):
         except Exception:  # logging's contract: report through handleError, never raise
             self.handleError(record)
             return
+        self.append_line(line, urgent=record.levelno >= logging.WARNING)
+
+    def append_line(self, line: str, *, urgent: bool = False) -> None:
+        """Queue one formatted line (urgent: write it now, with everything pending before it)."""
         pending = self._pending
         if len(pending) == pending.maxlen:  # the writer cannot keep up (stdout blocked): oldest lines go
             self.dropped += 1
         pending.append(line)
-        if record.levelno >= logging.WARNING:
+        if urgent:
             self.flush()
         elif self._writer_pid != os.getpid():
             self._start_writer()

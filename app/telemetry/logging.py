@@ -179,7 +179,8 @@ class JsonFormatter(_BaseJsonFormatter):
 class OtlpLoggingHandler(LoggingHandler):
     """The SDK handler without the duplicated correlation fields (they travel in the record itself)."""
 
-    def __init__(self, logger_provider: APILoggerProvider) -> None:
+    def __init__(self, logger_provider: APILoggerProvider, *, access_lines: bool = True) -> None:
+        self.access_lines = access_lines
         with warnings.catch_warnings():
             # The SDK handler is deprecated in favour of opentelemetry-instrumentation-logging, which is not
             # a dependency here; its behaviour is what we need.
@@ -204,6 +205,15 @@ class OtlpLoggingHandler(LoggingHandler):
         if not record.exc_info and record.exc_text:  # scrubbed exception: only its text survived
             attributes["exception.stacktrace"] = record.exc_text
         return attributes
+
+
+class _SkipAccessLines(logging.Filter):
+    """Access lines stay on stdout only: each repeats its request's server span (method, route, status,
+    duration, trace id), and as the highest-volume stream they would double the OTLP log cost per request.
+    `OTLP_ACCESS_LOGS=true` sends them too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "gunicorn.access"
 
 
 class _SkipOtelInternals(logging.Filter):
@@ -231,7 +241,9 @@ def configure_logging(
     for handler in list(root.handlers):
         if getattr(handler, _OUR_HANDLER, False) and not isinstance(handler, OtlpLoggingHandler):
             root.removeHandler(handler)
+    global _stdout_handler
     handler = BufferedLineHandler(stream if stream is not None else sys.stdout)
+    _stdout_handler = handler
     handler.setFormatter(JsonFormatter(service_name))
     handler.addFilter(_preparer)
     root.addHandler(_mark(handler))
@@ -242,18 +254,23 @@ def configure_logging(
     return handler
 
 
-_otlp_handlers = 0  # access lines only need the span made current when an OTLP handler will read it
+_stdout_handler: BufferedLineHandler | None = None  # the JSON stdout handler configure_logging installed
+_otlp_handlers = 0  # OTLP handlers taking access lines: only then must an access line make its span current
 
 
-def attach_otlp_handler(logger_provider: APILoggerProvider, level: int = logging.NOTSET) -> logging.Handler:
+def attach_otlp_handler(
+    logger_provider: APILoggerProvider, level: int = logging.NOTSET, *, access_lines: bool = True
+) -> logging.Handler:
     """Send every root-level record over OTLP too (scrubbed, with the active trace context)."""
     global _otlp_handlers
-    handler = OtlpLoggingHandler(logger_provider)
+    handler = OtlpLoggingHandler(logger_provider, access_lines=access_lines)
     handler.setLevel(level)
     handler.addFilter(_SkipOtelInternals())
+    if not access_lines:
+        handler.addFilter(_SkipAccessLines())
     handler.addFilter(_preparer)
     logging.getLogger().addHandler(_mark(handler))
-    _otlp_handlers += 1
+    _otlp_handlers += access_lines
     return handler
 
 
@@ -263,7 +280,7 @@ def detach_handler(handler: logging.Handler) -> None:
     if handler in root.handlers:
         root.removeHandler(handler)
         if isinstance(handler, OtlpLoggingHandler):
-            _otlp_handlers -= 1
+            _otlp_handlers -= handler.access_lines
 
 
 def stash_request_log_context(
@@ -289,6 +306,9 @@ def _status_code(resp: Any) -> int | str:
     status = str(getattr(resp, "status", "") or "")
     head = status.split(None, 1)[0] if status else ""
     return int(head) if head.isdigit() else head
+
+
+_ACCESS_ENCODE = JsonEncoder(ensure_ascii=False).encode
 
 
 class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
@@ -332,6 +352,18 @@ class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
         method = environ.get("REQUEST_METHOD", "")
         path = environ.get("PATH_INFO", "")
         status = _status_code(resp)
+        stdout = _stdout_handler
+        if (
+            not _otlp_handlers
+            and stdout is not None
+            and all(getattr(h, _OUR_HANDLER, False) for h in logging.getLogger().handlers)
+        ):
+            # Fast path (the default): only our stdout handler takes access lines, so build the line
+            # JsonFormatter would, without a LogRecord, filters and formatter (~3x cheaper per request).
+            self._access_line(
+                stdout, method, path, status, environ, request_time, request_id, user, span_context
+            )
+            return
         extra: dict[str, Any] = {
             "method": method,
             "path": path,
@@ -359,3 +391,39 @@ class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
         finally:
             if token is not None:
                 otel_context.detach(token)
+
+    @staticmethod
+    def _access_line(
+        stdout: BufferedLineHandler,
+        method: str,
+        path: str,
+        status: int | str,
+        environ: Mapping[str, Any],
+        request_time: timedelta,
+        request_id: str,
+        user: str,
+        span_context: SpanContext | None,
+    ) -> None:
+        method, path = redact_text(method), redact_text(path)
+        trace_id = span_id = ""
+        if span_context is not None and span_context.is_valid:
+            trace_id, span_id = format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+        line = {
+            "timestamp": rfc3339(time.time()),
+            "level": "INFO",
+            "logger": "gunicorn.access",
+            "message": f"{method} {path} {status}",
+            "service": _preparer.service_name,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "request_id": redact_text(request_id),
+            "user": redact_text(user),
+            "pid": os.getpid(),
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(request_time.total_seconds() * 1000.0, 3),
+            "remote_addr": environ.get("REMOTE_ADDR", ""),
+            "user_agent": redact_text(environ.get("HTTP_USER_AGENT", "")),
+        }
+        stdout.append_line(_ACCESS_ENCODE(line))

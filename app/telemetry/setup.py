@@ -287,7 +287,7 @@ def init_telemetry(
             logger_provider.add_log_record_processor(
                 SimpleLogRecordProcessor(exp.ReportingLogExporter(log_exporter, reporter))
             )
-        log_handler = attach_otlp_handler(logger_provider)
+        log_handler = attach_otlp_handler(logger_provider, access_lines=settings.otlp_access_logs)
     exp.quiet_sdk_loggers(failure_log_interval_s)
 
     telemetry = Telemetry(

@@ -293,6 +293,37 @@ def test_access_log_is_one_json_record_with_request_fields(
     assert JWT not in captured.text()
 
 
+def test_access_line_fast_path_writes_the_same_line(
+    captured: Captured, gunicorn_logger: tlog.GunicornJsonLogger
+) -> None:
+    """Without an OTLP handler taking access lines, access() skips logging's machinery: same output."""
+    with tracer.start_as_current_span("GET /v1/items/<key>"):
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": f"/v1/items/Bearer {JWT}",
+            "REMOTE_ADDR": "10.1.2.3",
+            "HTTP_USER_AGENT": f"agent {JWT}",
+        }
+        with bind(RequestContext(request_id="rid-8", user="carol", transport="http")):
+            tlog.stash_request_log_context(environ)
+    response = GunicornResponse(404, [])
+    gunicorn_logger.access(response, None, environ, timedelta(microseconds=2_500))  # slow path (OTLP on)
+    otlp = next(h for h in logging.getLogger().handlers if isinstance(h, tlog.OtlpLoggingHandler))
+    tlog.detach_handler(otlp)
+    try:
+        gunicorn_logger.access(response, None, environ, timedelta(microseconds=2_500))  # fast path
+    finally:  # put it back as the fixture left it (its teardown detaches it once more)
+        logging.getLogger().addHandler(otlp)
+        tlog._otlp_handlers += 1
+    slow, fast = captured.lines()
+    assert len(captured.otlp.get_finished_logs()) == 1, "the fast line did not go over OTLP"
+    slow.pop("timestamp")
+    assert RFC3339_MS.match(fast.pop("timestamp"))
+    assert fast == slow
+    assert list(fast) == [f for f in DOC_FIELDS + ACCESS_FIELDS if f != "timestamp"]
+    assert JWT not in captured.text()
+
+
 def test_access_log_without_a_stash_falls_back_to_the_response_header(
     captured: Captured, gunicorn_logger: tlog.GunicornJsonLogger
 ) -> None:
