@@ -15,6 +15,10 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The service samples 1 trace in 10 by default; tests that assert on spans need every one of them.
+# (Processes the tests start get their environment explicitly, see tests/e2e/conftest.py.)
+os.environ.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+
 
 def free_port() -> int:
     with socket.socket() as s:

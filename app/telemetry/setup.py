@@ -40,7 +40,7 @@ from opentelemetry.sdk._logs.export import (
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import (
     SERVICE_INSTANCE_ID,
@@ -52,6 +52,7 @@ from opentelemetry.sdk.resources import (
 )
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
 from app.telemetry import exporters as exp
 from app.telemetry.logging import (
@@ -60,6 +61,7 @@ from app.telemetry.logging import (
     detach_handler,
     stash_request_log_context,
 )
+from app.telemetry.metrics_fanout import FanOutMetricExporter, can_share_collection
 from app.telemetry.prometheus_bridge import (
     MULTIPROC_ENV,
     PrometheusMultiprocessExporter,
@@ -94,6 +96,31 @@ FLASK_EXCLUDED_URLS = r"//[^/]+/healthz(\?|$),//[^/]+/readyz(\?|$),//[^/]+/metri
 PROMETHEUS_EXPORT_INTERVAL_S = 1.0
 
 _log = logging.getLogger(__name__)
+
+
+DEFAULT_SAMPLE_RATIO = 0.1
+
+
+def default_sampler() -> Sampler | None:
+    """1 trace in 10 that start here, and every trace a caller already sampled (parent-based), so that
+    distributed traces stay whole; None (the SDK reads them) when OTEL_TRACES_SAMPLER is set.
+
+    Recording and exporting every span costs more CPU than a small request itself
+    (bench/results/throughput.md). Metrics still count every request, and their exemplars point at the
+    kept traces. OTEL_TRACES_SAMPLER=parentbased_always_on keeps them all.
+    """
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return ParentBased(TraceIdRatioBased(DEFAULT_SAMPLE_RATIO))
+
+
+def otlp_metric_interval_s() -> float:
+    """OTEL_METRIC_EXPORT_INTERVAL (ms, SDK default 60000) in seconds; a bad value keeps the default."""
+    try:
+        value = float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")) / 1000
+    except ValueError:
+        return 60.0
+    return value if value > 0 else 60.0
 
 
 def apply_env_defaults() -> None:
@@ -239,27 +266,35 @@ def init_telemetry(
 
     # Metrics first: the other providers' processors and the failure counter need the meter provider.
     readers: list[MetricReader] = list(metric_readers)
+    otlp_metrics: MetricExporter | None = None
     protocol = exp.otlp_protocol("metrics")
     if protocol is not None:
-        metric_exporter = exp.ReportingMetricExporter(exp.otlp_metric_exporter(protocol), reporter)
-        wrappers.append(metric_exporter)
-        readers.append(PeriodicExportingMetricReader(metric_exporter))
+        otlp_metrics = exp.ReportingMetricExporter(exp.otlp_metric_exporter(protocol), reporter)
+        wrappers.append(otlp_metrics)
     prom_dir = prometheus_multiproc_dir or os.environ.get(MULTIPROC_ENV) or None
     prometheus_reader = None
     if prom_dir:
         os.makedirs(prom_dir, exist_ok=True)
         configure_default_dir(prom_dir)
+        local: MetricExporter = PrometheusMultiprocessExporter(prom_dir)
+        if otlp_metrics is not None and can_share_collection(otlp_metrics):
+            # One collection for both paths: each measurement aggregated once (app.telemetry.metrics_fanout).
+            local = FanOutMetricExporter(local, otlp_metrics, otlp_metric_interval_s())
+            otlp_metrics = None
         prometheus_reader = PeriodicExportingMetricReader(
-            PrometheusMultiprocessExporter(prom_dir),
-            export_interval_millis=prometheus_export_interval_s * 1000,
+            local, export_interval_millis=prometheus_export_interval_s * 1000
         )
         readers.append(prometheus_reader)
+    if otlp_metrics is not None:
+        readers.append(PeriodicExportingMetricReader(otlp_metrics))
     meter_provider = MeterProvider(
         metric_readers=readers, resource=resource, views=metric_views(), shutdown_on_exit=False
     )
     _register_own_instruments(meter_provider, settings, reporter)
 
-    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False, meter_provider=meter_provider)
+    tracer_provider = TracerProvider(
+        resource=resource, sampler=default_sampler(), shutdown_on_exit=False, meter_provider=meter_provider
+    )
     protocol = exp.otlp_protocol("traces")
     if protocol is not None:
         otlp_spans = exp.ReportingSpanExporter(exp.otlp_span_exporter(protocol), reporter)

@@ -24,6 +24,8 @@ FAST_EXPORT = {
     "OTEL_METRIC_EXPORT_INTERVAL": "500",
     "OTEL_BSP_SCHEDULE_DELAY": "200",
     "OTEL_BLRP_SCHEDULE_DELAY": "200",
+    "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    "OTLP_ACCESS_LOGS": "true",  # so that every request leaves a log record to find by trace id
 }
 
 
@@ -81,10 +83,17 @@ def test_every_worker_exports_spans_metrics_and_logs(otlp_stack: OtlpStack) -> N
     )
     # The instance ids the service reports in X-Instance-Id are the ones on its telemetry.
     assert served <= api_instances([s.resource for s in rx.spans])
+    trace_id = uuid.uuid4().hex
+    otlp_stack.api.request(
+        "GET",
+        "/v1/items/missing",
+        token=otlp_stack.token,
+        headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"},
+    )
     wait_until(
-        lambda: any(tid.strip("0") for _, tid, _, _ in rx.logs),
+        lambda: any(tid == trace_id for _, tid, _, _ in rx.logs),
         timeout=20,
-        message="log records carrying a trace id",
+        message="a log record carrying the request's trace id",
     )
     expected = {"http.server.request.duration", "rpc.server.call.duration", "platform.eventloop.delay"}
     wait_until(
