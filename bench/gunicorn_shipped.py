@@ -5,14 +5,9 @@ import os
 from app import gunicorn_conf
 from app.settings import load_settings
 
-bind = f"127.0.0.1:{os.environ['BENCH_PORT']}"
-workers = 2
-worker_class = "gthread"
-threads = 8
-keepalive = 5
-# wrk opens all its connections at once; without a cap one worker can take them all (bimodal results).
-# 16 per worker with wrk -c32 spreads them evenly over the 2 workers in every variant.
-worker_connections = 16
+# The same server settings as the baseline, so that only the telemetry differs.
+from bench.gunicorn_bare import bind, keepalive, threads, worker_class, worker_connections, workers  # noqa: F401
+
 accesslog = "-"
 logger_class = "app.telemetry.logging.GunicornJsonLogger"
 
