@@ -6,6 +6,10 @@ being replaced) an old worker that closed its listener before the new worker ope
 nobody listening, and clients would see "connection refused". The old worker therefore waits, bounded,
 until another socket listens on the port. When the whole deployment stops there is no successor to
 wait for: the master has no extra children then, and we stop at once.
+
+What this cannot close: a connection the kernel already queued on the old listener when it closes is
+reset. `net.ipv4.tcp_migrate_req=1` (set in compose.yaml) makes the kernel move those to a live
+listener; clients should still use gRPC's wait-for-ready or a retry policy, which retry such a connect.
 """
 
 from __future__ import annotations
