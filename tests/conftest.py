@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,46 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_on")
 
 
+# Ports are drawn below the kernel's ephemeral range (ip_local_port_range starts at 32768), so an
+# outgoing connection of some other process cannot take one between our check and the server's bind,
+# and never twice in one session, so two servers a test starts can never be handed the same port.
+_PORT_RANGE = range(20_000, 32_000)
+_handed_out: set[int] = set()
+_rng = random.Random(os.getpid())
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on and that this session has not handed out before."""
+    for _ in range(200):
+        port = _rng.choice(_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
 
 
-def wait_until(predicate, *, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll `predicate` until it returns something truthy; fail with `message` at the deadline."""
+class GiveUp(AssertionError):
+    """Raised by a `wait_until` predicate when waiting longer cannot help (e.g. the process died)."""
+
+
+def wait_until(  # type: ignore[no-untyped-def]
+    predicate,
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "condition",
+):
+    """Poll `predicate` until it returns something truthy; fail with `message` at the deadline.
+
+    `message` may be a callable, evaluated only on failure (e.g. to include a process's log so far).
+    A predicate raising `GiveUp` ends the wait at once.
+    """
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -35,11 +68,14 @@ def wait_until(predicate, *, timeout: float = 10.0, interval: float = 0.02, mess
             result = predicate()
             if result:
                 return result
+        except GiveUp:
+            raise
         except Exception as exc:
             last_exc = exc
         time.sleep(interval)
+    text = message() if callable(message) else message
     raise AssertionError(
-        f"timed out after {timeout}s waiting for {message}" + (f": {last_exc!r}" if last_exc else "")
+        f"timed out after {timeout}s waiting for {text}" + (f": {last_exc!r}" if last_exc else "")
     )
 
 

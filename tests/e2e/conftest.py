@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, GiveUp, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +60,10 @@ class LogTail:
                 out.append(rec)
         return out
 
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait for the pump to reach the end of the stream (after the process exited)."""
+        self._thread.join(timeout)
+
     def text(self) -> str:
         return "\n".join(self.lines)
 
@@ -99,6 +103,12 @@ class Proc:
             return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
         finally:
             conn.close()
+
+    def check_alive(self) -> None:
+        """Give up a wait at once, with the log, if the process has exited."""
+        if self.popen.poll() is not None:
+            self.log.join()
+            raise GiveUp(f"{self.name} exited with {self.popen.returncode}:\n{self.log.text()}")
 
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children")
@@ -150,11 +160,12 @@ def start_upstream(env: dict[str, str]) -> Proc:
     port = free_port()
     env = {**env, "UPSTREAM_PORT": str(port)}
     proc = spawn("upstream", ["upstream"], env, port)
-    wait_until(
-        lambda: proc.request("GET", "/healthz").status == 200,
-        timeout=20,
-        message=f"upstream on {port} to be healthy\n{proc.log.text()}",
-    )
+
+    def healthy() -> bool:
+        proc.check_alive()
+        return proc.request("GET", "/healthz").status == 200
+
+    wait_until(healthy, timeout=20, message=lambda: f"upstream on {port} to be healthy\n{proc.log.text()}")
     return proc
 
 
@@ -175,12 +186,15 @@ def start_api(env: dict[str, str], upstream: Proc, workers: int = 2, **extra: st
 
     def ready_everywhere() -> bool:
         # Every worker ready: readiness answered 200 by as many distinct workers as configured.
+        proc.check_alive()
         seen = {r.instance for r in (proc.request("GET", "/readyz") for _ in range(20)) if r.status == 200}
         return len(seen) >= workers
 
-    if proc.popen.poll() is not None:
-        raise AssertionError(proc.log.text())
-    wait_until(ready_everywhere, timeout=30, message=f"{workers} API workers to be ready\n{proc.log.text()}")
+    wait_until(
+        ready_everywhere,
+        timeout=30,
+        message=lambda: f"{workers} API workers to be ready on {port}/{grpc_port}\n{proc.log.text()}",
+    )
     return proc
 
 
