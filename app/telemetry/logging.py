@@ -15,13 +15,14 @@ inside that span's context so that its OTLP copy carries the trace too.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 import traceback
 import warnings
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import timedelta
 from typing import IO, Any
 
@@ -38,7 +39,7 @@ from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from app.runtime import context as request_context
 from app.telemetry.line_writer import BufferedLineHandler
-from app.telemetry.redaction import REDACTED, is_sensitive_name, redact_text, redact_value
+from app.telemetry.redaction import REDACTED, is_sensitive_name, may_hold_secret, redact_text, redact_value
 
 DEFAULT_SERVICE_NAME = "platform-api"
 
@@ -308,7 +309,8 @@ def _status_code(resp: Any) -> int | str:
     return int(head) if head.isdigit() else head
 
 
-_ACCESS_ENCODE = JsonEncoder(ensure_ascii=False).encode
+# json's own string escaper (C), as JsonEncoder(ensure_ascii=False) applies it to every string.
+_json_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
@@ -404,26 +406,25 @@ class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
         user: str,
         span_context: SpanContext | None,
     ) -> None:
-        method, path = redact_text(method), redact_text(path)
+        # The line JsonFormatter would write for this record, field for field, as one f-string: every
+        # string goes through json's C escaper, and one secret pre-check covers all client-supplied fields
+        # (they rarely hold one) instead of one check per field. ~3 us instead of ~12 us per request.
+        agent = environ.get("HTTP_USER_AGENT", "")
+        if may_hold_secret(f"{method} {path} {agent} {request_id} {user}"):
+            method, path, agent = redact_text(method), redact_text(path), redact_text(agent)
+            request_id, user = redact_text(request_id), redact_text(user)
         trace_id = span_id = ""
         if span_context is not None and span_context.is_valid:
             trace_id, span_id = format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
-        line = {
-            "timestamp": rfc3339(time.time()),
-            "level": "INFO",
-            "logger": "gunicorn.access",
-            "message": f"{method} {path} {status}",
-            "service": _preparer.service_name,
-            "trace_id": trace_id,
-            "span_id": span_id,
-            "request_id": redact_text(request_id),
-            "user": redact_text(user),
-            "pid": os.getpid(),
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(request_time.total_seconds() * 1000.0, 3),
-            "remote_addr": environ.get("REMOTE_ADDR", ""),
-            "user_agent": redact_text(environ.get("HTTP_USER_AGENT", "")),
-        }
-        stdout.append_line(_ACCESS_ENCODE(line))
+        status_json = str(status) if isinstance(status, int) else _json_str(status)
+        stdout.append_line(
+            f'{{"timestamp": "{rfc3339(time.time())}", "level": "INFO", "logger": "gunicorn.access", '
+            f'"message": {_json_str(f"{method} {path} {status}")}, '
+            f'"service": {_json_str(_preparer.service_name)}, '
+            f'"trace_id": "{trace_id}", "span_id": "{span_id}", '
+            f'"request_id": {_json_str(request_id)}, "user": {_json_str(user)}, "pid": {os.getpid()}, '
+            f'"method": {_json_str(method)}, "path": {_json_str(path)}, "status": {status_json}, '
+            f'"duration_ms": {round(request_time.total_seconds() * 1000.0, 3)!r}, '
+            f'"remote_addr": {_json_str(str(environ.get("REMOTE_ADDR", "")))}, '
+            f'"user_agent": {_json_str(agent)}}}'
+        )

@@ -55,7 +55,8 @@ class Captured:
         return self.stream.getvalue()
 
     def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.text().splitlines()]
+        # Lines end at "\n" only, as for log shippers; splitlines() would also split inside a value at U+2028.
+        return [json.loads(line) for line in self.text().split("\n") if line]
 
 
 @pytest.fixture
@@ -293,18 +294,27 @@ def test_access_log_is_one_json_record_with_request_fields(
     assert JWT not in captured.text()
 
 
+@pytest.mark.parametrize(
+    ("path", "agent", "user"),
+    [
+        (f"/v1/items/Bearer {JWT}", f"agent {JWT}", "carol"),
+        ('/v1/items/"quoted"\\back\tslash', "ctl \x00\x1f\x7f end", "zoë ✓ 🚀"),
+        ("/v1/items/line\nbreak\u2028sep", 'agent "with" quotes', 'o"brien\\'),
+    ],
+    ids=["secrets", "escapes", "newlines"],
+)
 def test_access_line_fast_path_writes_the_same_line(
-    captured: Captured, gunicorn_logger: tlog.GunicornJsonLogger
+    captured: Captured, gunicorn_logger: tlog.GunicornJsonLogger, path: str, agent: str, user: str
 ) -> None:
     """Without an OTLP handler taking access lines, access() skips logging's machinery: same output."""
     with tracer.start_as_current_span("GET /v1/items/<key>"):
         environ: dict[str, Any] = {
             "REQUEST_METHOD": "GET",
-            "PATH_INFO": f"/v1/items/Bearer {JWT}",
+            "PATH_INFO": path,
             "REMOTE_ADDR": "10.1.2.3",
-            "HTTP_USER_AGENT": f"agent {JWT}",
+            "HTTP_USER_AGENT": agent,
         }
-        with bind(RequestContext(request_id="rid-8", user="carol", transport="http")):
+        with bind(RequestContext(request_id="rid-8", user=user, transport="http")):
             tlog.stash_request_log_context(environ)
     response = GunicornResponse(404, [])
     gunicorn_logger.access(response, None, environ, timedelta(microseconds=2_500))  # slow path (OTLP on)
