@@ -6,7 +6,10 @@ SERVER, `http.server.request.duration` in seconds with method/scheme/route/statu
 side. Why not the contrib one: under gunicorn it costs ~240 us of CPU per request on the reference machine
 (the uninstrumented request costs ~250 us), most of it in work done twice (request attributes are collected
 twice, the excluded-URL regex runs three times on a rebuilt URL, semconv mode checks run ~20 times). Here:
-- one attribute dict per request, built once; exclusions are an exact set lookup on PATH_INFO;
+- one span attribute dict per request, built once; the histogram's attribute sets are cached; exclusions are
+  an exact set lookup on PATH_INFO;
+- no Flask request hooks (Flask dispatches each through `ensure_sync`): the WSGI call and the app's
+  `full_dispatch_request` are wrapped instead;
 - context extraction only when a propagation header is present (with the default propagators);
 - `http.server.active_requests` is an observable up-down counter over a plain per-(method, scheme) count, so
   a request costs two integer updates instead of two SDK measurements;
@@ -14,7 +17,8 @@ twice, the excluded-URL regex runs three times on a rebuilt URL, semconv mode ch
 Deliberate differences: `url.query` is never recorded (query strings carry tokens; the issue forbids secrets
 in span attributes); a request that matches no route is named by its method alone, as the semantic
 conventions say, not by its raw path (unbounded span names); the span exists even when an earlier
-before_request hook answers (auth, rate limit), because ours runs first; exception text on spans is scrubbed.
+before_request hook answers (auth, rate limit), because it starts before them; exception text on spans is
+scrubbed; an unhandled exception that Flask turns into its 500 response is counted with status 500.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import threading
 import traceback
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from time import perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +49,7 @@ DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 _SCOPE = "app.telemetry.flask"
-_STATE_KEY = "platform.http_server"  # per-request state in the WSGI environ
+_MAX_ATTRIBUTE_SETS = 1024
 _DEFAULT_PROPAGATORS = {"tracecontext,baggage", "baggage,tracecontext"}
 
 
@@ -63,11 +68,25 @@ _GETTER = _Getter()
 
 
 class _RequestState:
-    __slots__ = ("context", "protocol", "route", "span", "start_ns", "status", "token")
+    __slots__ = (
+        "context",
+        "environ",
+        "method",
+        "protocol",
+        "route",
+        "scheme",
+        "span",
+        "start_ns",
+        "status",
+        "token",
+    )
 
-    def __init__(self, start_ns: int, protocol: str) -> None:
-        self.start_ns = start_ns
-        self.protocol = protocol
+    def __init__(self, environ: WSGIEnvironment, method: str, scheme: str) -> None:
+        self.environ = environ
+        self.method = method
+        self.scheme = scheme
+        self.protocol = _protocol_version(environ)
+        self.start_ns = time_ns()
         self.span: trace.Span | None = None
         self.context: otel_context.Context | None = None  # the span's context: attached, then for exemplars
         self.token: object | None = None
@@ -75,8 +94,18 @@ class _RequestState:
         self.status: int | None = None
 
 
+# The request being handled by this thread (or task): set around the WSGI call, read once routing is done.
+_current: ContextVar[_RequestState | None] = ContextVar("platform_http_request", default=None)
+
+
 class FlaskInstrumentation:
-    """Wraps one Flask app; providers default to the globals."""
+    """Wraps one Flask app; providers default to the globals.
+
+    Two seams, no request hooks: the WSGI callable (timing, active requests, the histogram, ending the span)
+    and the app's `full_dispatch_request` (starting the span once routing has found the rule, before any
+    before_request function runs, so that auth and rate-limit answers are inside it). Flask dispatches each
+    registered hook through `ensure_sync`; a method wrapper costs one call.
+    """
 
     def __init__(
         self,
@@ -102,60 +131,74 @@ class FlaskInstrumentation:
             unit="{request}",
             description="Number of active HTTP server requests.",
         )
+        # Histogram attribute sets by (method, scheme, protocol, route, status): built once, not per request
+        # (the SDK copies what it is given). Bounded: methods, routes and status codes are finite sets.
+        self._metric_attributes: dict[tuple[str, str, str, str | None, int | None], dict[str, Any]] = {}
         self._excluded = frozenset(excluded_paths)
         propagators = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "")
         # With other propagators (b3, jaeger...) the header names are unknown here: always extract.
         self._always_extract = propagators not in _DEFAULT_PROPAGATORS
         self._wrapped: WSGIApplication = app.wsgi_app
         app.wsgi_app = self  # type: ignore[method-assign]
-        # First in line: an earlier before_request that answers (auth, rate limit) must not skip the span.
-        app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
-        app.teardown_request(self._teardown_request)
+        self._dispatch = app.full_dispatch_request
+        app.full_dispatch_request = self._full_dispatch_request  # type: ignore[method-assign]
 
     # -- WSGI: duration and active requests, around everything Flask does ---------------------------------
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "") in self._excluded:
             return self._wrapped(environ, start_response)
         started = perf_counter()
-        state = _RequestState(time_ns(), _protocol_version(environ))
-        environ[_STATE_KEY] = state
         method = environ.get("REQUEST_METHOD", "")
         if method not in KNOWN_METHODS:
             method = "_OTHER"
         scheme = environ.get("wsgi.url_scheme", "http")
+        state = _RequestState(environ, method, scheme)
+        reset = _current.set(state)
         active_key = (method, scheme)
         with self._active_lock:
             self._active[active_key] = self._active.get(active_key, 0) + 1
-
-        def recording_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-            code = status[:3]
-            state.status = int(code) if code.isdigit() else None
-            span = state.span
-            if span is not None and state.status is not None:
-                span.set_attribute("http.response.status_code", state.status)
-                if state.status >= 500:
-                    span.set_attribute("error.type", code)
-                    span.set_status(Status(StatusCode.ERROR))
-            return start_response(status, headers, exc_info)
-
+        error: BaseException | None = None
         try:
-            result = self._wrapped(environ, recording_start_response)
+            return self._wrapped(environ, start_response)
+        except BaseException as exc:  # propagated by Flask (PROPAGATE_EXCEPTIONS): no response was made
+            error = exc
+            state.status = None
+            raise
         finally:
+            _current.reset(reset)
             with self._active_lock:
                 self._active[active_key] -= 1
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.scheme": scheme,
-            "network.protocol.version": state.protocol,
-        }
-        if state.route is not None:
-            attributes["http.route"] = state.route
-        if state.status is not None:
-            attributes["http.response.status_code"] = state.status
-            if state.status >= 500:
-                attributes["error.type"] = str(state.status)
-        self._duration.record(max(perf_counter() - started, 0.0), attributes, context=state.context)
-        return result
+            self._end_span(state, error)
+            self._duration.record(
+                max(perf_counter() - started, 0.0), self._attributes(state, error), context=state.context
+            )
+
+    def _attributes(self, state: _RequestState, error: BaseException | None) -> dict[str, Any]:
+        if error is not None:
+            return {
+                "http.request.method": state.method,
+                "url.scheme": state.scheme,
+                "network.protocol.version": state.protocol,
+                **({"http.route": state.route} if state.route is not None else {}),
+                "error.type": type(error).__qualname__,
+            }
+        key = (state.method, state.scheme, state.protocol, state.route, state.status)
+        attributes = self._metric_attributes.get(key)
+        if attributes is None:
+            attributes = {
+                "http.request.method": state.method,
+                "url.scheme": state.scheme,
+                "network.protocol.version": state.protocol,
+            }
+            if state.route is not None:
+                attributes["http.route"] = state.route
+            if state.status is not None:
+                attributes["http.response.status_code"] = state.status
+                if state.status >= 500:
+                    attributes["error.type"] = str(state.status)
+            if len(self._metric_attributes) < _MAX_ATTRIBUTE_SETS:
+                self._metric_attributes[key] = attributes
+        return attributes
 
     def _observe_active(self, _options: CallbackOptions) -> Iterator[Observation]:
         with self._active_lock:
@@ -163,25 +206,41 @@ class FlaskInstrumentation:
         for (method, scheme), count in counts:
             yield Observation(count, {"http.request.method": method, "url.scheme": scheme})
 
-    # -- Flask hooks: the span, once the route is known -----------------------------------------------------
-    def _before_request(self) -> None:
-        environ = flask.request.environ
-        state: _RequestState | None = environ.get(_STATE_KEY)
-        if state is None or state.span is not None:  # excluded, or a nested request context
-            return
-        rule = flask.request.url_rule
+    # -- Flask: the span, once the route is known -----------------------------------------------------------
+    def _full_dispatch_request(self) -> flask.Response:
+        state = _current.get()
+        if state is None or state.span is not None:  # excluded, or a nested dispatch
+            return self._dispatch()
+        self._start_span(state, flask.request.url_rule)
+        span = state.span
+        try:
+            response = self._dispatch()
+        except BaseException as exc:
+            # Flask turns it into a 500 (handle_exception) or, when propagating, re-raises it.
+            state.status = 500
+            self._record_exception(span, exc)
+            raise
+        else:
+            state.status = response.status_code
+            return response
+        finally:
+            # While the app's request context is still bound (its teardown hooks run later): what the
+            # access log line needs, kept in the WSGI environ.
+            stash_request_log_context(state.environ, span.get_span_context() if span is not None else None)
+
+    def _start_span(self, state: _RequestState, rule: Any) -> None:
+        environ = state.environ
         route = rule.rule if rule is not None else None
         state.route = route
-        method = environ.get("REQUEST_METHOD", "")
-        known = method if method in KNOWN_METHODS else "_OTHER"
+        method = state.method
         attributes: dict[str, Any] = {
-            "http.request.method": known,
-            "url.scheme": environ.get("wsgi.url_scheme", "http"),
+            "http.request.method": method,
+            "url.scheme": state.scheme,
             "url.path": environ.get("PATH_INFO", "") or "/",
             "network.protocol.version": state.protocol,
         }
-        if known == "_OTHER":
-            attributes["http.request.method_original"] = method
+        if method == "_OTHER":
+            attributes["http.request.method_original"] = environ.get("REQUEST_METHOD", "")
         if route is not None:
             attributes["http.route"] = route
         host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
@@ -199,7 +258,7 @@ class FlaskInstrumentation:
             parent = propagate.extract(environ, getter=_GETTER)
         # Semconv span name: "{method} {route}", the method alone without a route ("HTTP" for unknown
         # methods). The contrib instrumentation uses the raw path then: one span name per scanned URL.
-        base = "HTTP" if known == "_OTHER" else known
+        base = "HTTP" if method == "_OTHER" else method
         name = f"{base} {route}" if route is not None else base
         span = self._tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes, start_time=state.start_ns
@@ -208,28 +267,37 @@ class FlaskInstrumentation:
         state.context = trace.set_span_in_context(span, parent)
         state.token = otel_context.attach(state.context)
 
-    def _teardown_request(self, exc: BaseException | None) -> None:
-        environ = flask.request.environ
-        state: _RequestState | None = environ.get(_STATE_KEY)
-        if state is None or state.span is None or state.token is None:
+    @staticmethod
+    def _record_exception(span: trace.Span | None, exc: BaseException) -> None:
+        if span is None or not span.is_recording():
             return
+        # Exception messages may quote request data: scrub them like log records.
+        span.record_exception(
+            exc,
+            attributes={
+                "exception.message": redact_text(str(exc)),
+                "exception.stacktrace": redact_text(
+                    "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                ),
+            },
+        )
+        span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
+
+    @staticmethod
+    def _end_span(state: _RequestState, error: BaseException | None) -> None:
+        """After Flask's teardown, so that error logs written while handling an exception are in the span."""
         span, token = state.span, state.token
+        if span is None or token is None:
+            return
         state.token = None
-        # Teardown hooks run in reverse order of registration: this one (registered by instrument_flask_app,
-        # after the app's own hooks) runs while the app's request context is still bound.
-        stash_request_log_context(environ, span.get_span_context())
-        if exc is not None:
-            # Exception messages may quote request data: scrub them like log records.
-            span.record_exception(
-                exc,
-                attributes={
-                    "exception.message": redact_text(str(exc)),
-                    "exception.stacktrace": redact_text(
-                        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    ),
-                },
-            )
-            span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
+        if span.is_recording():
+            if state.status is not None:
+                span.set_attribute("http.response.status_code", state.status)
+                if state.status >= 500:
+                    span.set_attribute("error.type", str(state.status))
+                    span.set_status(Status(StatusCode.ERROR))
+            elif error is not None:
+                span.set_attribute("error.type", type(error).__qualname__)
         span.end()
         otel_context.detach(token)  # type: ignore[arg-type]
 
@@ -239,10 +307,4 @@ def _protocol_version(environ: WSGIEnvironment) -> str:
     return protocol[5:] if protocol.upper().startswith("HTTP/") else protocol
 
 
-def current_request_span(environ: WSGIEnvironment) -> trace.Span | None:
-    """The server span of a request handled by FlaskInstrumentation (for the access log)."""
-    state = environ.get(_STATE_KEY)
-    return state.span if isinstance(state, _RequestState) else None
-
-
-__all__ = ["EXCLUDED_PATHS", "FlaskInstrumentation", "current_request_span"]
+__all__ = ["EXCLUDED_PATHS", "FlaskInstrumentation"]

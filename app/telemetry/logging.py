@@ -38,7 +38,7 @@ from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from app.runtime import context as request_context
-from app.telemetry.line_writer import BufferedLineHandler
+from app.telemetry.line_writer import BufferedLineHandler, current_pid
 from app.telemetry.redaction import REDACTED, is_sensitive_name, may_hold_secret, redact_text, redact_value
 
 DEFAULT_SERVICE_NAME = "platform-api"
@@ -310,7 +310,7 @@ def _status_code(resp: Any) -> int | str:
 
 
 # json's own string escaper (C), as JsonEncoder(ensure_ascii=False) applies it to every string.
-_json_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
 
 
 class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
@@ -422,7 +422,7 @@ class GunicornJsonLogger(GunicornLogger):  # type: ignore[misc]
             f'"message": {_json_str(f"{method} {path} {status}")}, '
             f'"service": {_json_str(_preparer.service_name)}, '
             f'"trace_id": "{trace_id}", "span_id": "{span_id}", '
-            f'"request_id": {_json_str(request_id)}, "user": {_json_str(user)}, "pid": {os.getpid()}, '
+            f'"request_id": {_json_str(request_id)}, "user": {_json_str(user)}, "pid": {current_pid()}, '
             f'"method": {_json_str(method)}, "path": {_json_str(path)}, "status": {status_json}, '
             f'"duration_ms": {round(request_time.total_seconds() * 1000.0, 3)!r}, '
             f'"remote_addr": {_json_str(str(environ.get("REMOTE_ADDR", "")))}, '
