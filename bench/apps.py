@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Flask, Response, jsonify
 
 
@@ -17,9 +19,32 @@ def bare() -> Flask:
 
 
 def shipped() -> Flask:
-    """The same app with exactly the HTTP instrumentation the service ships (app.telemetry)."""
+    """The same app with exactly the HTTP instrumentation the service ships (app.telemetry).
+
+    BENCH_WITHOUT (comma-separated: span, histogram, access-log) switches single parts off, to measure
+    what each costs (`bench.throughput --variants bare,shipped,shipped-without-span,...`).
+    """
     from app.telemetry.setup import instrument_flask_app
 
+    _switch_off(set(filter(None, os.environ.get("BENCH_WITHOUT", "").split(","))))
     app = bare()
     instrument_flask_app(app)
     return app
+
+
+def _switch_off(parts: set[str]) -> None:
+    unknown = parts - {"span", "histogram", "access-log"}
+    if unknown:
+        raise SystemExit(f"BENCH_WITHOUT: unknown parts {sorted(unknown)} (span, histogram, access-log)")
+    if "span" in parts:
+        from app.telemetry.flask_instrumentation import FlaskInstrumentation
+
+        FlaskInstrumentation._start_span = lambda self, state, rule: None  # type: ignore[method-assign]
+    if "histogram" in parts:
+        from opentelemetry.sdk.metrics._internal.instrument import Histogram
+
+        Histogram.record = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    if "access-log" in parts:
+        from app.telemetry.logging import GunicornJsonLogger
+
+        GunicornJsonLogger.access = lambda self, *args, **kwargs: None  # type: ignore[method-assign]

@@ -4,6 +4,8 @@
     otel      the same app under plain `opentelemetry-instrument` (traces, metrics, logs over OTLP)
     shipped   the same app with the telemetry this project ships (app.telemetry: traces, metrics and
               logs over OTLP, the /metrics bridge, JSON access logs on stdout)
+    shipped-without-{span,histogram,access-log}
+              (optional) shipped with one part switched off: what that part costs
 
 Both instrumented variants export to the same local OTLP receiver. wrk drives each variant in turn,
 several rounds interleaved so that drift in the machine hits every variant alike; the report gives
@@ -74,6 +76,8 @@ def start(variant: str, port: int, otlp: str, metrics_dir: str) -> subprocess.Po
         ]
     else:
         env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
+        if variant.startswith("shipped-without-"):  # one part switched off, see bench/apps.py
+            env["BENCH_WITHOUT"] = variant.removeprefix("shipped-without-")
         cmd = [*gunicorn, "-c", "bench/gunicorn_shipped.py", "bench.apps:shipped()"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -103,6 +107,17 @@ def wrk(port: int, seconds: int, connections: int) -> float:
     return float(match.group(1))
 
 
+def workers_cpu_s(master_pid: int) -> float:
+    """CPU seconds (user + system) used so far by the gunicorn workers of `master_pid`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    total = 0
+    for pid in children:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
@@ -120,6 +135,7 @@ def main() -> None:
     receiver = OtlpReceiver().start()
     variants = args.variants.split(",")
     results: dict[str, list[float]] = {v: [] for v in variants}
+    cpu_per_request: dict[str, list[float]] = {v: [] for v in variants}  # worker CPU, microseconds
     try:
         for _ in range(args.rounds):
             for variant in variants:
@@ -128,7 +144,11 @@ def main() -> None:
                     proc = start(variant, port, receiver.endpoint, metrics_dir)
                     try:
                         wrk(port, 2, args.connections)  # warm-up: imports, JIT-free caches, connections
-                        results[variant].append(wrk(port, args.seconds, args.connections))
+                        cpu_before = workers_cpu_s(proc.pid)
+                        rate = wrk(port, args.seconds, args.connections)
+                        cpu = workers_cpu_s(proc.pid) - cpu_before
+                        results[variant].append(rate)
+                        cpu_per_request[variant].append(cpu / (rate * args.seconds) * 1e6)
                     finally:
                         proc.terminate()
                         proc.wait(30)
@@ -145,13 +165,18 @@ def main() -> None:
         f"Load: wrk -t2 -c{args.connections}, {args.seconds} s per run after a 2 s warm-up, "
         f"{args.rounds} interleaved rounds; gunicorn 2 gthread workers x 8 threads; wrk shares the 2 cores.",
         "",
-        "| variant | median req/s | runs | ratio to bare |",
-        "|---|---|---|---|",
+        "Worker CPU per request: user + system time of the gunicorn workers during the run, per request.",
+        "",
+        "| variant | median req/s | runs | ratio to bare | worker CPU per request |",
+        "|---|---|---|---|---|",
     ]
     for variant, runs in results.items():
         med = statistics.median(runs)
         ratio = f"{med / base:.2f}" if base else "-"
-        lines.append(f"| {variant} | {med:,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} | {ratio} |")
+        cpu_us = statistics.median(cpu_per_request[variant])
+        lines.append(
+            f"| {variant} | {med:,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} | {ratio} | {cpu_us:.0f} us |"
+        )
     report = "\n".join(lines) + "\n"
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
