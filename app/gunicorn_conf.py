@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,11 +59,21 @@ def post_worker_init(worker: Any) -> None:
     assert ROLE is not None
     if ROLE.name != "api":
         return
+    from gunicorn.arbiter import Arbiter
+
+    from app.rpc.server import GrpcBindError
     from app.runtime.worker import WorkerRuntime
 
     services = worker.wsgi.extensions["platform"]
     runtime = WorkerRuntime(ROLE.settings, services, instance_id())
-    runtime.start()
+    try:
+        runtime.start()
+    except GrpcBindError as exc:
+        # A port conflict is the operator's to fix: one clear line, no traceback, and gunicorn's
+        # "worker failed to boot" exit code, which stops the master instead of respawning in a loop.
+        worker.log.error("%s", exc)
+        runtime.stop(1.0)
+        sys.exit(Arbiter.WORKER_BOOT_ERROR)
     _worker["runtime"] = runtime
 
     # gunicorn's own SIGTERM handler stops accepting and drains HTTP; run ours first so that readiness

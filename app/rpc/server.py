@@ -37,6 +37,10 @@ MAX_CONNECTION_AGE_GRACE_MS = 30_000
 START_TIMEOUT_S = 10.0
 
 
+class GrpcBindError(RuntimeError):
+    """The gRPC port could not be bound: an operator's configuration, reported without a traceback."""
+
+
 class GrpcServer:
     def __init__(
         self,
@@ -184,9 +188,15 @@ class GrpcServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = _address(self._host, self._requested_port)
-        port = server.add_insecure_port(address)  # raises (or returns 0 on older grpcio) when the bind fails
+        try:
+            port = server.add_insecure_port(address)  # raises (or returns 0 on older grpcio) when it fails
+        except RuntimeError:
+            port = 0
         if not port:
-            raise RuntimeError(f"cannot bind the gRPC server to {address}")
+            raise GrpcBindError(
+                f"cannot listen for gRPC on {address}: the port is in use by another process or the address "
+                "is not local (check GRPC_PORT and BIND_HOST)"
+            )
         await server.start()
         self._server = server
         self._port = port

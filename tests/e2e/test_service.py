@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import os
 import signal
+import socket
 import time
 import uuid
 from typing import Any
@@ -16,8 +17,8 @@ from google.protobuf import struct_pb2
 
 from app.rpc.platform.v1 import platform_pb2 as pb
 from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc
-from tests.conftest import wait_until
-from tests.e2e.conftest import Proc, Stack, base_env, mint, start_api, start_upstream
+from tests.conftest import free_port, wait_until
+from tests.e2e.conftest import Proc, Stack, base_env, mint, spawn, start_api, start_upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -273,6 +274,34 @@ def test_rate_limit_is_shared_across_workers(
     finally:
         api.stop()
         upstream.stop()
+
+
+def test_grpc_port_in_use_stops_the_service_with_one_clear_line(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("port-in-use")
+    http_port = free_port()
+    with socket.socket() as taken:  # another process's listener on the gRPC port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port = taken.getsockname()[1]
+        env = base_env(
+            redis_server,
+            tmp,
+            HTTP_PORT=str(http_port),
+            GRPC_PORT=str(grpc_port),
+            PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
+        )
+        proc = spawn("api", ["serve"], env, http_port, grpc_port)
+        try:
+            code = proc.popen.wait(60)
+        finally:
+            proc.stop()
+    proc.log.join()
+    text = proc.log.text()
+    assert code == 3, text  # gunicorn's "worker failed to boot": the master stops instead of respawning
+    assert f"cannot listen for gRPC on 127.0.0.1:{grpc_port}" in text
+    assert "Traceback" not in text
 
 
 def test_sigterm_with_requests_in_flight_loses_none(
