@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command != "token":
+        from app.telemetry.setup import environment_problems
+
+        if problems := environment_problems():
+            print("error: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
+            return 2
 
     if args.command == "token":
         from app.domain.auth import Authenticator

@@ -102,8 +102,9 @@ DEFAULT_SAMPLE_RATIO = 0.1
 
 
 def default_sampler() -> Sampler | None:
-    """1 trace in 10 that start here, and every trace a caller already sampled (parent-based), so that
-    distributed traces stay whole; None (the SDK reads them) when OTEL_TRACES_SAMPLER is set.
+    """1 trace in 10 that start here (OTEL_TRACES_SAMPLER_ARG changes the ratio), and every trace a caller
+    already sampled (parent-based), so that distributed traces stay whole; None (the SDK reads them) when
+    OTEL_TRACES_SAMPLER is set.
 
     Recording and exporting every span costs more CPU than a small request itself
     (bench/results/throughput.md). Metrics still count every request, and their exemplars point at the
@@ -111,7 +112,43 @@ def default_sampler() -> Sampler | None:
     """
     if os.environ.get("OTEL_TRACES_SAMPLER"):
         return None
-    return ParentBased(TraceIdRatioBased(DEFAULT_SAMPLE_RATIO))
+    return ParentBased(TraceIdRatioBased(sample_ratio()))
+
+
+_RATIO_SAMPLERS = {"", "traceidratio", "parentbased_traceidratio"}
+
+
+def sample_ratio() -> float:
+    """OTEL_TRACES_SAMPLER_ARG as a ratio in [0, 1]; the default ratio when it is unset."""
+    raw = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if not raw:
+        return DEFAULT_SAMPLE_RATIO
+    try:
+        ratio = float(raw)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG: expected a sampling ratio from 0 to 1, got {raw!r}")
+    return ratio
+
+
+def environment_problems() -> list[str]:
+    """What is wrong with the OTEL_* variables this service reads, checked before any process starts.
+
+    The SDK would warn and carry on (a bad sampler ratio silently becomes 1.0) or fail in every worker.
+    """
+    problems: dict[str, None] = {}  # ordered, without the generic variable's message three times
+    for signal in ("traces", "metrics", "logs"):
+        try:
+            exp.otlp_protocol(signal)
+        except ValueError as exc:
+            problems[str(exc)] = None
+    if os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() in _RATIO_SAMPLERS:
+        try:
+            sample_ratio()
+        except ValueError as exc:
+            problems[str(exc)] = None
+    return list(problems)
 
 
 def otlp_metric_interval_s() -> float:
