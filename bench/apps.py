@@ -40,9 +40,12 @@ def _switch_off(parts: set[str]) -> None:
         from app.telemetry.flask_instrumentation import FlaskInstrumentation
 
         FlaskInstrumentation._start_span = lambda self, state, rule: None  # type: ignore[method-assign]
-    if "histogram" in parts:
+    if "histogram" in parts:  # both paths: the in-process aggregation and the SDK histogram
         from opentelemetry.sdk.metrics._internal.instrument import Histogram
 
+        from app.telemetry.request_duration import RequestDurations
+
+        RequestDurations.record = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
         Histogram.record = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
     if "access-log" in parts:
         from app.telemetry.logging import GunicornJsonLogger

@@ -38,8 +38,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from app.telemetry import request_duration
 from app.telemetry.logging import stash_request_log_context
 from app.telemetry.redaction import redact_text
+from app.telemetry.request_duration import RequestDurations
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -48,7 +50,7 @@ EXCLUDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
-_SCOPE = "app.telemetry.flask"
+_SCOPE = request_duration.SCOPE
 _MAX_ATTRIBUTE_SETS = 1024
 _DEFAULT_PROPAGATORS = {"tracecontext,baggage", "baggage,tracecontext"}
 
@@ -114,15 +116,21 @@ class FlaskInstrumentation:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
         excluded_paths: Iterable[str] = EXCLUDED_PATHS,
+        durations: RequestDurations | None = None,
     ) -> None:
         self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
-        self._duration = meter.create_histogram(
-            "http.server.request.duration",
-            unit="s",
-            description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
-        )
+        # `durations`: the in-process aggregation that app.telemetry.setup exports (request_duration.py);
+        # without it, the SDK histogram records.
+        self._durations = durations
+        self._duration = None
+        if durations is None:
+            self._duration = meter.create_histogram(
+                request_duration.NAME,
+                unit=request_duration.UNIT,
+                description=request_duration.DESCRIPTION,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+            )
         self._active: dict[tuple[str, str], int] = {}
         self._active_lock = threading.Lock()
         meter.create_observable_up_down_counter(
@@ -133,7 +141,7 @@ class FlaskInstrumentation:
         )
         # Histogram attribute sets by (method, scheme, protocol, route, status): built once, not per request
         # (the SDK copies what it is given). Bounded: methods, routes and status codes are finite sets.
-        self._metric_attributes: dict[tuple[str, str, str, str | None, int | None], dict[str, Any]] = {}
+        self._metric_attributes: dict[tuple[str, str, str, str | None, int | str | None], dict[str, Any]] = {}
         self._excluded = frozenset(excluded_paths)
         propagators = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "")
         # With other propagators (b3, jaeger...) the header names are unknown here: always extract.
@@ -169,36 +177,30 @@ class FlaskInstrumentation:
             with self._active_lock:
                 self._active[active_key] -= 1
             self._end_span(state, error)
-            self._duration.record(
-                max(perf_counter() - started, 0.0), self._attributes(state, error), context=state.context
+            seconds = max(perf_counter() - started, 0.0)
+            # Everything the attribute set depends on: an error type replaces the status.
+            key = (
+                state.method,
+                state.scheme,
+                state.protocol,
+                state.route,
+                state.status if error is None else type(error).__qualname__,
             )
-
-    def _attributes(self, state: _RequestState, error: BaseException | None) -> dict[str, Any]:
-        if error is not None:
-            return {
-                "http.request.method": state.method,
-                "url.scheme": state.scheme,
-                "network.protocol.version": state.protocol,
-                **({"http.route": state.route} if state.route is not None else {}),
-                "error.type": type(error).__qualname__,
-            }
-        key = (state.method, state.scheme, state.protocol, state.route, state.status)
-        attributes = self._metric_attributes.get(key)
-        if attributes is None:
-            attributes = {
-                "http.request.method": state.method,
-                "url.scheme": state.scheme,
-                "network.protocol.version": state.protocol,
-            }
-            if state.route is not None:
-                attributes["http.route"] = state.route
-            if state.status is not None:
-                attributes["http.response.status_code"] = state.status
-                if state.status >= 500:
-                    attributes["error.type"] = str(state.status)
-            if len(self._metric_attributes) < _MAX_ATTRIBUTE_SETS:
-                self._metric_attributes[key] = attributes
-        return attributes
+            if self._durations is not None:
+                span = state.span
+                self._durations.record(
+                    seconds,
+                    key,
+                    lambda: _metric_attributes(state, error),
+                    span.get_span_context() if span is not None else None,
+                )
+            elif self._duration is not None:
+                attributes = self._metric_attributes.get(key)
+                if attributes is None:
+                    attributes = _metric_attributes(state, error)
+                    if len(self._metric_attributes) < _MAX_ATTRIBUTE_SETS:
+                        self._metric_attributes[key] = attributes
+                self._duration.record(seconds, attributes, context=state.context)
 
     def _observe_active(self, _options: CallbackOptions) -> Iterator[Observation]:
         with self._active_lock:
@@ -300,6 +302,23 @@ class FlaskInstrumentation:
                 span.set_attribute("error.type", type(error).__qualname__)
         span.end()
         otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _metric_attributes(state: _RequestState, error: BaseException | None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "http.request.method": state.method,
+        "url.scheme": state.scheme,
+        "network.protocol.version": state.protocol,
+    }
+    if state.route is not None:
+        attributes["http.route"] = state.route
+    if error is not None:
+        attributes["error.type"] = type(error).__qualname__
+    elif state.status is not None:
+        attributes["http.response.status_code"] = state.status
+        if state.status >= 500:
+            attributes["error.type"] = str(state.status)
+    return attributes
 
 
 def _protocol_version(environ: WSGIEnvironment) -> str:

@@ -53,6 +53,7 @@ from opentelemetry.sdk.resources import (
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from app.telemetry import exporters as exp
 from app.telemetry.logging import (
@@ -67,6 +68,8 @@ from app.telemetry.prometheus_bridge import (
     PrometheusMultiprocessExporter,
     configure_default_dir,
 )
+from app.telemetry.request_duration import SCOPE as REQUEST_DURATION_SCOPE
+from app.telemetry.request_duration import MergingMetricExporter, RequestDurations
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -204,6 +207,7 @@ class Telemetry:
     logger_provider: LoggerProvider | None
     prometheus_reader: PeriodicExportingMetricReader | None
     reporter: exp.FailureReporter
+    request_durations: RequestDurations | None = None  # what instrument_flask_app records into, if set
     _exporters: list[Any] = field(default_factory=list)  # the OTLP wrappers, aborted at the deadline
     _log_handler: logging.Handler | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -308,6 +312,15 @@ def init_telemetry(
     if protocol is not None:
         otlp_metrics = exp.ReportingMetricExporter(exp.otlp_metric_exporter(protocol), reporter)
         wrappers.append(otlp_metrics)
+    # The request-duration histogram is aggregated in-process (app.telemetry.request_duration) when every
+    # reader is ours and exports cumulative histograms; readers passed in (tests) see the SDK histogram.
+    durations = None
+    if not metric_readers and (otlp_metrics is None or can_share_collection(otlp_metrics)):
+        durations = RequestDurations(InstrumentationScope(REQUEST_DURATION_SCOPE), DURATION_BUCKETS_S)
+
+    def with_durations(exporter: MetricExporter) -> MetricExporter:
+        return exporter if durations is None else MergingMetricExporter(exporter, [durations], resource)
+
     prom_dir = prometheus_multiproc_dir or os.environ.get(MULTIPROC_ENV) or None
     prometheus_reader = None
     if prom_dir:
@@ -319,11 +332,11 @@ def init_telemetry(
             local = FanOutMetricExporter(local, otlp_metrics, otlp_metric_interval_s())
             otlp_metrics = None
         prometheus_reader = PeriodicExportingMetricReader(
-            local, export_interval_millis=prometheus_export_interval_s * 1000
+            with_durations(local), export_interval_millis=prometheus_export_interval_s * 1000
         )
         readers.append(prometheus_reader)
     if otlp_metrics is not None:
-        readers.append(PeriodicExportingMetricReader(otlp_metrics))
+        readers.append(PeriodicExportingMetricReader(with_durations(otlp_metrics)))
     meter_provider = MeterProvider(
         metric_readers=readers, resource=resource, views=metric_views(), shutdown_on_exit=False
     )
@@ -369,6 +382,7 @@ def init_telemetry(
         logger_provider=logger_provider,
         prometheus_reader=prometheus_reader,
         reporter=reporter,
+        request_durations=durations,
         _exporters=wrappers,
         _log_handler=log_handler,
     )
@@ -380,7 +394,12 @@ def init_telemetry(
     return telemetry
 
 
+_global_request_durations: RequestDurations | None = None
+
+
 def _set_globals(telemetry: Telemetry) -> None:
+    global _global_request_durations
+    _global_request_durations = telemetry.request_durations
     trace.set_tracer_provider(telemetry.tracer_provider)
     metrics.set_meter_provider(telemetry.meter_provider)
     if telemetry.logger_provider is not None:
@@ -456,7 +475,10 @@ def instrument_flask_app(
     if not contrib:
         from app.telemetry.flask_instrumentation import FlaskInstrumentation
 
-        FlaskInstrumentation(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        durations = _global_request_durations if meter_provider is None else None
+        FlaskInstrumentation(
+            app, tracer_provider=tracer_provider, meter_provider=meter_provider, durations=durations
+        )
         return app
 
     import flask

@@ -389,3 +389,9 @@ def test_a_forked_child_writes_only_its_own_lines(tmp_path: Any) -> None:
             tlog.detach_handler(handler)
     messages = [json.loads(line)["message"] for line in path.read_text().splitlines()]
     assert sorted(messages) == ["from the child", "pending in the parent"]  # each line exactly once
+
+
+@pytest.mark.parametrize("micros", [0, 1, 999, 1_000, 2_500, 12_345, 86_400_000_005])
+def test_access_line_duration_is_the_rounded_milliseconds(micros: int) -> None:
+    elapsed = timedelta(microseconds=micros)
+    assert json.loads(tlog._milliseconds(elapsed)) == round(elapsed.total_seconds() * 1000.0, 3)
