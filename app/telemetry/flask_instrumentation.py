@@ -41,13 +41,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from app.telemetry import request_duration
 from app.telemetry.logging import stash_request_log_context
 from app.telemetry.redaction import redact_text
-from app.telemetry.request_duration import RequestDurations
+from app.telemetry.request_duration import DURATION_BUCKETS_S, RequestDurations
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 EXCLUDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 _SCOPE = request_duration.SCOPE
@@ -141,7 +140,7 @@ class FlaskInstrumentation:
         )
         # Histogram attribute sets by (method, scheme, protocol, route, status): built once, not per request
         # (the SDK copies what it is given). Bounded: methods, routes and status codes are finite sets.
-        self._metric_attributes: dict[tuple[str, str, str, str | None, int | str | None], dict[str, Any]] = {}
+        self._attribute_sets: dict[tuple[str, str, str, str | None, int | str | None], dict[str, Any]] = {}
         self._excluded = frozenset(excluded_paths)
         propagators = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "")
         # With other propagators (b3, jaeger...) the header names are unknown here: always extract.
@@ -195,11 +194,11 @@ class FlaskInstrumentation:
                     span.get_span_context() if span is not None else None,
                 )
             elif self._duration is not None:
-                attributes = self._metric_attributes.get(key)
+                attributes = self._attribute_sets.get(key)
                 if attributes is None:
                     attributes = _metric_attributes(state, error)
-                    if len(self._metric_attributes) < _MAX_ATTRIBUTE_SETS:
-                        self._metric_attributes[key] = attributes
+                    if len(self._attribute_sets) < _MAX_ATTRIBUTE_SETS:
+                        self._attribute_sets[key] = attributes
                 self._duration.record(seconds, attributes, context=state.context)
 
     def _observe_active(self, _options: CallbackOptions) -> Iterator[Observation]:

@@ -43,8 +43,11 @@ SCOPE = "app.telemetry.flask"  # the Flask instrumentation's meter and tracer
 NAME = "http.server.request.duration"
 UNIT = "s"
 DESCRIPTION = "Duration of HTTP server requests."
+# Seconds; also the SDK view's buckets for the other latency histograms (app.telemetry.setup).
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 MAX_SERIES = 2000  # the SDK's default cardinality limit; further attribute sets share one overflow series
 _OVERFLOW = {"otel.metric.overflow": True}
+_OVERFLOW_KEY = ("otel.metric.overflow",)
 
 
 class _Series:
@@ -149,9 +152,6 @@ class RequestDurations:
             unit=UNIT,
             data=Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE),
         )
-
-
-_OVERFLOW_KEY = ("otel.metric.overflow",)
 
 
 class MergingMetricExporter(MetricExporter):

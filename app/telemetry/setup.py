@@ -68,8 +68,8 @@ from app.telemetry.prometheus_bridge import (
     PrometheusMultiprocessExporter,
     configure_default_dir,
 )
+from app.telemetry.request_duration import DURATION_BUCKETS_S, MergingMetricExporter, RequestDurations
 from app.telemetry.request_duration import SCOPE as REQUEST_DURATION_SCOPE
-from app.telemetry.request_duration import MergingMetricExporter, RequestDurations
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -79,8 +79,8 @@ if TYPE_CHECKING:
 SERVICE_NAMESPACE_VALUE = "platform"
 DEPLOYMENT_ENVIRONMENT = "deployment.environment"
 
-# docs/telemetry.md: semconv HTTP buckets for every duration histogram, finer ones for the two lag histograms.
-DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# docs/telemetry.md: semconv HTTP buckets (DURATION_BUCKETS_S) for every duration histogram, finer ones for
+# the two lag histograms.
 LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DURATION_HISTOGRAMS = (
     "http.server.request.duration",
