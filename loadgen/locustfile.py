@@ -34,7 +34,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
@@ -47,6 +47,9 @@ grpc_gevent.init_gevent()
 
 from app.rpc.platform.v1 import platform_pb2 as pb  # noqa: E402 - after init_gevent on purpose
 from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc  # noqa: E402
+
+if TYPE_CHECKING:
+    from app.domain.auth import Authenticator
 
 SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
     # scenario: {"app": body for POST /admin/chaos, "upstream": body for POST upstream /chaos}
@@ -70,7 +73,7 @@ GRPC_SERVICE = "/platform.v1.PlatformService/"
 
 
 @cache
-def _authenticator() -> Any:
+def _authenticator() -> Authenticator:
     """The service's own token minting, built once per process from the same settings and keys."""
     from app.domain.auth import Authenticator
     from app.settings import load_settings
@@ -262,7 +265,8 @@ class GrpcApiUser(User):
         self.stored: set[str] = set()
         self.scrypt_next = False
         self.channel = grpc.insecure_channel(GRPC_TARGET)
-        self.stub = pb_grpc.PlatformServiceStub(self.channel)
+        # The generated stub module has no annotations (app/rpc/client.py does the same).
+        self.stub = pb_grpc.PlatformServiceStub(self.channel)  # type: ignore[no-untyped-call]
         for operation in (
             self.put_item,
             self.get_item,
@@ -418,7 +422,7 @@ class ChaosController(FastHttpUser):
         self.chaos_request("upstream", "GET")
 
 
-@events.test_stop.add_listener
+@events.test_stop.add_listener  # type: ignore[untyped-decorator]  # locust's add_listener is unannotated
 def reset_faults(environment: Environment, **_kwargs: Any) -> None:
     """Leave no fault behind: reset the app's and the upstream's chaos when the run stops."""
     if not SCENARIOS[SCENARIO] or not environment.host:
