@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import re
 import threading
@@ -16,10 +17,11 @@ from dataclasses import asdict, dataclass
 
 from flask import Flask, Response, jsonify, request
 
+from app.domain.auth import Authenticator
+from app.domain.edge import EdgePolicy
 from app.domain.errors import InvalidArgument
-from app.http import inputs, problems
+from app.http import edge, inputs, problems
 from app.http.health import healthz, metrics
-from app.runtime import context
 from app.settings import Settings
 
 SYMBOL_RE = re.compile(r"^[A-Z]{1,8}$")
@@ -75,25 +77,13 @@ def price_of(symbol: str, now: float) -> float:
     return round(base * (1 + 0.02 * math.sin(now / 30 + seed)), 2)
 
 
-def create_upstream_app(settings: Settings) -> Flask:
-    from app.domain.auth import Authenticator
-
+def create_upstream_app(settings: Settings, *, instance_id: str | None = None) -> Flask:
     app = Flask("upstream")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     faults = FaultState()
-    auth = Authenticator(settings)
     problems.init_app(app)
-
-    @app.before_request
-    def _bind() -> None:
-        rid = context.accept_request_id(request.headers.get("X-Request-ID"))
-        request.environ["platform.ctx"] = context.enter(context.RequestContext(rid, transport="http"))
-
-    @app.teardown_request
-    def _unbind(_exc: BaseException | None) -> None:
-        token = request.environ.pop("platform.ctx", None)
-        if token is not None:
-            context.leave(token)
+    # The same edge as the API's: request context, headers, and admin-scoped bearer tokens for /chaos.
+    edge.init_app(app, EdgePolicy(Authenticator(settings)), instance_id or str(os.getpid()))
 
     @app.get("/v1/quotes/<symbol>")
     def quote(symbol: str) -> Response:
@@ -108,9 +98,8 @@ def create_upstream_app(settings: Settings) -> Flask:
         return jsonify({"symbol": symbol, "price": price_of(symbol, now), "currency": "USD", "as_of": now})
 
     @app.route("/chaos", methods=["GET", "POST"])
+    @edge.requires("admin")
     def chaos() -> Response:
-        principal = auth.authenticate(request.headers.get("Authorization"))
-        auth.authorize(principal, "admin")
         if request.method == "POST":
             return jsonify(asdict(faults.set(inputs.json_body())))
         return jsonify(asdict(faults.get()))

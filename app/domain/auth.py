@@ -24,7 +24,6 @@ from cachetools import LRUCache
 
 from app.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from app.domain.models import Principal
-from app.runtime import context
 from app.settings import Settings
 
 ALGORITHM = "EdDSA"
@@ -60,7 +59,6 @@ class Authenticator:
         with self._lock:
             hit = self._verified.get(digest)
         if hit is not None and self._clock() < hit[1] + LEEWAY_S:
-            context.set_user(hit[0].subject)
             return hit[0]
         try:
             claims = jwt.decode(
@@ -82,7 +80,6 @@ class Authenticator:
         principal = Principal(subject=subject, scopes=frozenset(scope.split()))
         with self._lock:
             self._verified[digest] = (principal, float(exp))
-        context.set_user(subject)
         return principal
 
     def authorize(self, principal: Principal, scope: str) -> None:

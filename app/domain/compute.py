@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from app.domain.errors import InvalidArgument
 from app.domain.models import HashResult, PrimeCount
-from app.runtime.pool import WorkerPool
+
+T = TypeVar("T")
 
 ALGORITHMS = ("scrypt", "pbkdf2")
 SCRYPT_DEFAULTS = {"n": 2**14, "r": 8, "p": 1}
@@ -59,8 +61,16 @@ def count_primes(limit: int) -> int:
     return 1 + size - sum(composite)  # 1 for the prime 2
 
 
+class TaskPool(Protocol):
+    """What the domain needs from a pool of worker processes (app.runtime.pool.WorkerPool implements it)."""
+
+    def run(self, task: str, fn: Callable[..., T], *args: Any) -> T: ...
+    def start(self) -> None: ...
+    def close(self, wait: bool = True, timeout: float | None = None) -> None: ...
+
+
 class ComputeService:
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: TaskPool) -> None:
         self._pool = pool
 
     def hash(

@@ -1,19 +1,20 @@
-"""Errors the operations raise, each knowing its HTTP status and gRPC code.
+"""Errors the operations raise: what went wrong, for whom, and whether to retry, free of any transport.
 
-Both transports map these the same way (RFC 9457 problem+json over HTTP, a status code and message over
-gRPC), so a client sees the same failure whichever way it calls. Anything else that escapes an operation
-is a bug: it becomes a generic 500/INTERNAL with no detail, and the traceback goes to the logs and the
-span, never to the client.
+Each transport maps them in one table of its own (app.http.problems: RFC 9457 problem+json and an HTTP
+status; app.rpc.status: a gRPC status code and rich details), so a client sees the same failure
+whichever way it calls. Anything else that escapes an operation is a bug: it becomes a generic
+500/INTERNAL with no detail, and the traceback goes to the logs and the span, never to the client.
 """
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.resilience.ratelimit import RateDecision
 
 
 class DomainError(Exception):
-    status: int = 500
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     title: str = "Internal error"
     type_slug: str = "internal"
 
@@ -29,69 +30,50 @@ class DomainError(Exception):
 
 
 class InvalidArgument(DomainError):
-    status, code, title, type_slug = (
-        400,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "Invalid request",
-        "invalid-argument",
-    )
+    title, type_slug = "Invalid request", "invalid-argument"
 
 
 class Unauthenticated(DomainError):
-    status, code, title, type_slug = (
-        401,
-        grpc.StatusCode.UNAUTHENTICATED,
-        "Unauthenticated",
-        "unauthenticated",
-    )
+    title, type_slug = "Unauthenticated", "unauthenticated"
 
 
 class PermissionDenied(DomainError):
-    status, code, title, type_slug = 403, grpc.StatusCode.PERMISSION_DENIED, "Forbidden", "forbidden"
+    title, type_slug = "Forbidden", "forbidden"
 
 
 class NotFound(DomainError):
-    status, code, title, type_slug = 404, grpc.StatusCode.NOT_FOUND, "Not found", "not-found"
+    title, type_slug = "Not found", "not-found"
 
 
 class Conflict(DomainError):
-    status, code, title, type_slug = 409, grpc.StatusCode.ABORTED, "Conflict", "conflict"
+    title, type_slug = "Conflict", "conflict"
 
 
 class PayloadTooLarge(DomainError):
-    status, code, title, type_slug = (
-        413,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "Payload too large",
-        "payload-too-large",
-    )
+    title, type_slug = "Payload too large", "payload-too-large"
 
 
 class RateLimited(DomainError):
-    status, code, title, type_slug = (
-        429,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "Too many requests",
-        "rate-limited",
-    )
+    title, type_slug = "Too many requests", "rate-limited"
+
+    def __init__(
+        self, detail: str, *, retry_after_s: float | None = None, rate: RateDecision | None = None
+    ) -> None:
+        super().__init__(detail, retry_after_s=retry_after_s)
+        self.rate = rate  # the decision behind it, for the transport's rate-limit headers
 
 
 class Overloaded(DomainError):
     """The worker pool's queue is full: shed load fast instead of queueing without bound."""
 
-    status, code, title, type_slug = 503, grpc.StatusCode.RESOURCE_EXHAUSTED, "Overloaded", "overloaded"
+    title, type_slug = "Overloaded", "overloaded"
 
 
 class DependencyUnavailable(DomainError):
     """A dependency failed or its circuit is open and no fallback value exists."""
 
-    status, code, title, type_slug = (
-        503,
-        grpc.StatusCode.UNAVAILABLE,
-        "Dependency unavailable",
-        "dependency-unavailable",
-    )
+    title, type_slug = "Dependency unavailable", "dependency-unavailable"
 
 
 class DeadlineExceeded(DomainError):
-    status, code, title, type_slug = 504, grpc.StatusCode.DEADLINE_EXCEEDED, "Timed out", "timeout"
+    title, type_slug = "Timed out", "timeout"

@@ -45,8 +45,9 @@ from opentelemetry import metrics
 from app.domain.chaos import ChaosControl
 from app.domain.errors import Conflict, DependencyUnavailable, InvalidArgument, NotFound, PayloadTooLarge
 from app.domain.models import JSON, Item
-from app.resilience.gauges import Reading, shared_gauge
 from app.settings import Settings
+from app.telemetry.buckets import DURATION_BUCKETS_S
+from app.telemetry.gauges import Reading, shared_gauge
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ LISTEN_POLL_S = 0.25
 HEARTBEAT_S = 1.0
 SILENCE_LIMIT_S = 3.0
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.05, 2.0
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 
 _PUT_SCRIPT = """
@@ -119,7 +119,7 @@ class ItemStore:
             "db.client.operation.duration",
             unit="s",
             description="Duration of Redis operations",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self._requests = meter.create_counter(
             "platform.cache.requests", unit="{request}", description="In-process cache lookups"

@@ -58,11 +58,3 @@ class Quote:
 class Principal:
     subject: str
     scopes: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_after_s: float

@@ -22,13 +22,13 @@ from cachetools import TTLCache
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from app.domain import context
 from app.domain.errors import DependencyUnavailable, InvalidArgument, NotFound
 from app.domain.models import Quote
 from app.resilience.breaker import CircuitBreaker, CircuitOpen
-from app.resilience.gauges import Reading, shared_gauge
 from app.resilience.retry import RetryPolicy
-from app.runtime import context
 from app.settings import Settings
+from app.telemetry.gauges import Reading, shared_gauge
 
 SYMBOL_RE = re.compile(r"^[A-Z]{1,8}$")
 RETRYABLE_STATUS = frozenset({502, 503, 504})

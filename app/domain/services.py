@@ -1,7 +1,8 @@
-"""Everything one worker needs, built after fork from Settings; the one place the domain is wired.
+"""The domain's operations for one worker, behind one object that both transports hold.
 
-`build_services` opens no socket and starts no thread (redis-py connects lazily); `start()` starts the
-background parts (cache invalidation listener, worker pool) and `close()` releases everything.
+Built by `app.worker.build_services` (which opens no socket and starts no thread: redis-py connects
+lazily); `start()` starts the background parts (cache invalidation listener, worker pool), `readiness()`
+says whether the worker should get traffic, and `close()` releases everything.
 """
 
 from __future__ import annotations
@@ -16,20 +17,17 @@ import redis
 
 from app.domain.auth import Authenticator
 from app.domain.chaos import ChaosControl
-from app.domain.compute import ComputeService
+from app.domain.compute import ComputeService, TaskPool
 from app.domain.crypto import CryptoService
+from app.domain.edge import EdgePolicy
 from app.domain.items import ItemStore
 from app.domain.quotes import QuoteService
 from app.resilience.ratelimit import RateLimiter
-from app.runtime.pool import WorkerPool
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 READINESS_CACHE_S = 1.0
-# Connections beyond the request threads: invalidation listener, readiness, chaos, rate limiter.
-EXTRA_REDIS_CONNECTIONS = 4
-REDIS_HEALTH_CHECK_INTERVAL_S = 30
 
 
 @dataclass(eq=False)
@@ -42,8 +40,9 @@ class Services:
     quotes: QuoteService
     auth: Authenticator
     ratelimiter: RateLimiter
+    edge: EdgePolicy
     chaos: ChaosControl
-    pool: WorkerPool
+    pool: TaskPool
     _checks: dict[str, Callable[[], bool]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _shutting_down: bool = field(default=False, init=False, repr=False)
@@ -109,35 +108,3 @@ class Services:
         self.quotes.close()
         self.redis.close()
         self.redis.connection_pool.disconnect()
-
-
-def build_services(settings: Settings) -> Services:
-    """Wire every operation for one worker. Opens nothing yet; call `start()` in the worker."""
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.http_threads + settings.grpc_handler_threads + EXTRA_REDIS_CONNECTIONS,
-        timeout=settings.redis_timeout_s,  # waiting for a free connection is bounded too
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        health_check_interval=REDIS_HEALTH_CHECK_INTERVAL_S,
-    )
-    client = redis.Redis(connection_pool=pool)
-    chaos = ChaosControl(client)
-    worker_pool = WorkerPool(
-        settings.pool_processes,
-        settings.pool_queue_size,
-        settings.pool_task_timeout_s,
-        preload=["app.domain.compute"],
-    )
-    return Services(
-        settings=settings,
-        redis=client,
-        items=ItemStore(client, settings, chaos),
-        crypto=CryptoService.from_settings(settings),
-        compute=ComputeService(worker_pool),
-        quotes=QuoteService(settings),
-        auth=Authenticator(settings),
-        ratelimiter=RateLimiter(settings, connection_pool=pool),
-        chaos=chaos,
-        pool=worker_pool,
-    )

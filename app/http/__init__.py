@@ -6,8 +6,9 @@ import os
 
 from flask import Flask
 
-from app.domain.services import Services, build_services
+from app.domain.services import Services
 from app.settings import Settings, load_settings
+from app.worker import build_services
 
 
 def create_app(
@@ -24,11 +25,12 @@ def create_app(
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
-    app.extensions["platform"] = services or build_services(settings)
+    services = services or build_services(settings)
+    app.extensions["platform"] = services
     app.extensions["platform.settings"] = settings
 
     problems.init_app(app)
-    edge.init_app(app, instance_id or str(os.getpid()))
+    edge.init_app(app, services.edge, instance_id or str(os.getpid()))
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)

@@ -1,4 +1,4 @@
-"""What every request passes through at the edge: request id, auth, rate limit, response headers."""
+"""Flask's side of the edge policy (app.domain.edge): bind the request, admit the caller, set headers."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ from typing import ParamSpec, TypeVar
 
 from flask import Flask, Response, current_app, g, request
 
+from app.domain import context
+from app.domain.edge import EdgePolicy
 from app.domain.errors import RateLimited
-from app.domain.models import Principal
-from app.runtime import context
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def init_app(app: Flask, instance_id: str) -> None:
+EXTENSION = "platform.edge"
+
+
+def init_app(app: Flask, policy: EdgePolicy, instance_id: str) -> None:
+    """Every request of `app` is bound and answered with these headers; `requires` admits through `policy`."""
+    app.extensions[EXTENSION] = policy
+
     @app.before_request
     def _bind_context() -> None:
-        rid = context.accept_request_id(request.headers.get("X-Request-ID"))
-        g.ctx_token = context.enter(context.RequestContext(request_id=rid, transport="http"))
+        g.ctx_token = EdgePolicy.begin("http", request.headers.get("X-Request-ID"))
 
     @app.after_request
     def _headers(resp: Response) -> Response:
@@ -41,26 +46,22 @@ def init_app(app: Flask, instance_id: str) -> None:
     def _unbind_context(_exc: BaseException | None) -> None:
         token = g.pop("ctx_token", None)
         if token is not None:
-            context.leave(token)
+            EdgePolicy.end(token)
 
 
 def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Authenticate the bearer token, check `scope`, then charge the caller's rate limit."""
+    """Admit the caller through the edge policy with `scope` before the view runs."""
 
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @wraps(view)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            services = current_app.extensions["platform"]
-            principal: Principal = services.auth.authenticate(request.headers.get("Authorization"))
-            services.auth.authorize(principal, scope)
-            g.principal = principal
-            decision = services.ratelimiter.check(principal.subject)
-            g.rate = decision
-            if not decision.allowed:
-                raise RateLimited(
-                    f"rate limit of {decision.limit} requests exceeded; retry later",
-                    retry_after_s=max(decision.reset_after_s, 1.0),
-                )
+            policy: EdgePolicy = current_app.extensions[EXTENSION]
+            try:
+                admission = policy.admit(request.headers.get("Authorization"), scope)
+            except RateLimited as err:
+                g.rate = err.rate
+                raise
+            g.principal, g.rate = admission.principal, admission.rate
             return view(*args, **kwargs)
 
         return guarded

@@ -1,5 +1,8 @@
 """RFC 9457 problem+json responses for every error the HTTP API returns.
 
+The status of each domain error is this transport's decision (`STATUS`); the gRPC adapter has its own
+table.
+
 Client mistakes get a 4xx that names the field; anything unexpected becomes a bare 500 whose detail
 says nothing about internals (the traceback goes to the log and the span, never to the client).
 """
@@ -13,11 +16,34 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from app.domain import errors
+from app.domain.context import current
 from app.domain.errors import DomainError
-from app.runtime.context import current
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+
+STATUS: dict[type[DomainError], int] = {
+    errors.InvalidArgument: 400,
+    errors.Unauthenticated: 401,
+    errors.PermissionDenied: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.RateLimited: 429,
+    errors.Overloaded: 503,
+    errors.DependencyUnavailable: 503,
+    errors.DeadlineExceeded: 504,
+}
+
+
+def status_for(err: DomainError) -> int:
+    """The HTTP status of `err` (of its nearest mapped base class); 500 for anything unmapped."""
+    for cls in type(err).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 def problem(
@@ -43,7 +69,7 @@ def problem(
 
 def from_domain(err: DomainError) -> Response:
     return problem(
-        err.status,
+        status_for(err),
         err.title,
         err.detail,
         type_uri=err.type_uri,

@@ -22,8 +22,7 @@ from typing import TypeVar
 
 from opentelemetry import metrics
 
-from app.domain.errors import DependencyUnavailable
-from app.resilience.gauges import Reading, shared_gauge
+from app.telemetry.gauges import Reading, shared_gauge
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,12 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
 
 
-class CircuitOpen(DependencyUnavailable):
-    """Raised by `CircuitBreaker.call` while the breaker rejects calls."""
+class CircuitOpen(Exception):
+    """Raised by `CircuitBreaker.call` while the breaker rejects calls; callers map it to their own error."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class CircuitBreaker:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 from limits import RateLimitItem, parse_many
@@ -23,7 +24,6 @@ from limits.storage import RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 from opentelemetry import metrics
 
-from app.domain.models import RateDecision
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 FAIL_OPEN_LOG_INTERVAL_S = 10.0
 NAMESPACE = "platform"
 MAX_CLIENT_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_s: float
 
 
 class RateLimiter:

@@ -5,10 +5,9 @@ Per call, in this order:
 1. request context: `x-request-id` from metadata if well formed, else a new one; bound as
    `RequestContext(transport="grpc")`, and sent back as initial metadata with `x-instance-id` (which
    worker served the call);
-2. auth: `authorization: Bearer <token>` -> `services.auth.authenticate` / `authorize` with the
-   method's scope (table below);
-3. rate limit per principal: `services.ratelimiter.check(subject)`; rejected -> RESOURCE_EXHAUSTED with
-   a `retry-after` trailer;
+2. admission through the domain's edge policy (`services.edge.admit`, app.domain.edge): bearer token,
+   the method's scope (table below), the caller's rate limit; a rejection becomes its status code (a
+   rate limit: RESOURCE_EXHAUSTED with a `retry-after` trailer);
 4. error mapping: `DomainError` -> its code, a message naming the field and rich details (status.py);
    anything else -> INTERNAL "internal error", traceback to the log and the span, never to the client;
 5. metrics: `rpc.server.call.duration` for every call, auth failures included.
@@ -22,8 +21,8 @@ Other services on the same server (grpc.health.v1.Health, reflection) pass throu
 no token and are not application RED traffic.
 
 One interceptor instead of one per concern because every grpc.aio interceptor layer costs a handler
-object, a closure and an extra await per call. Auth and the rate limiter may block (the limiter talks to
-Redis), so they run on the handler executor, never on the event loop.
+object, a closure and an extra await per call. Admission may block (the rate limiter may talk to Redis), so
+it runs on the handler executor, never on the event loop.
 """
 
 from __future__ import annotations
@@ -41,11 +40,12 @@ from typing import Any
 import grpc
 from opentelemetry import metrics, trace
 
-from app.domain.errors import DomainError, RateLimited
-from app.domain.models import Principal
+from app.domain import context as request_context
+from app.domain.edge import EdgePolicy
+from app.domain.errors import DomainError
 from app.rpc.ports import RpcServices
-from app.rpc.status import INTERNAL_DETAILS, message_for, trailers_for
-from app.runtime import context as request_context
+from app.rpc.status import INTERNAL_DETAILS, code_for, message_for, trailers_for
+from app.telemetry.buckets import DURATION_BUCKETS_S
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ METHOD_SCOPES: Mapping[str, str] = MappingProxyType(
 )
 
 DURATION_METRIC = "rpc.server.call.duration"
-# docs/telemetry.md: the semconv HTTP duration buckets, in seconds.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 REQUEST_ID_KEY = "x-request-id"
 INSTANCE_ID_KEY = "x-instance-id"
@@ -133,7 +131,7 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             DURATION_METRIC,
             unit="s",
             description="Duration of inbound gRPC calls, from the interceptor's view",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
 
     async def intercept_service(
@@ -227,31 +225,20 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request_id = value
             elif key == AUTHORIZATION_KEY:
                 authorization = value
-        rid = request_context.accept_request_id(request_id)
-        # Not reset afterwards on purpose: grpc.aio runs each RPC in its own task, whose context ends
+        # Not ended afterwards on purpose: grpc.aio runs each RPC in its own task, whose context ends
         # with the call; a reset from a generator closed later, in another task, would fail.
-        request_context.enter(request_context.RequestContext(request_id=rid, transport="grpc"))
+        EdgePolicy.begin("grpc", request_id)
+        rid = request_context.current().request_id
         await context.send_initial_metadata(((REQUEST_ID_KEY, rid), (INSTANCE_ID_KEY, self._instance_id)))
         ctx = contextvars.copy_context()
-        principal: Principal = await asyncio.get_running_loop().run_in_executor(
-            self._executor, ctx.run, self._check_caller, authorization, method.scope
+        admission = await asyncio.get_running_loop().run_in_executor(
+            self._executor, ctx.run, self._services.edge.admit, authorization, method.scope
         )
-        request_context.set_user(principal.subject)
-
-    def _check_caller(self, authorization: str | None, scope: str) -> Principal:
-        principal = self._services.auth.authenticate(authorization)
-        self._services.auth.authorize(principal, scope)
-        request_context.set_user(principal.subject)  # the limiter's logs and spans see the caller
-        decision = self._services.ratelimiter.check(principal.subject)
-        if not decision.allowed:
-            raise RateLimited(
-                f"rate limit of {decision.limit} requests exceeded; retry later",
-                retry_after_s=max(decision.reset_after_s, 1.0),
-            )
-        return principal
+        # admit() recorded the caller in the executor's copy of the context; the call's own needs it too.
+        request_context.set_user(admission.principal.subject)
 
     def _reject(self, context: grpc.aio.ServicerContext, err: DomainError) -> grpc.StatusCode:
-        code: grpc.StatusCode = err.code
+        code = code_for(err)
         message = message_for(err)
         context.set_code(code)
         context.set_details(message)

@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from app.domain.edge import Admission
 from app.domain.models import (
     JSON,
     HashResult,
     Item,
     PrimeCount,
-    Principal,
     Quote,
-    RateDecision,
     Sealed,
     Signature,
 )
@@ -53,13 +52,8 @@ class QuotesPort(Protocol):
     def get(self, symbol: str) -> Quote: ...
 
 
-class AuthPort(Protocol):
-    def authenticate(self, authorization_header: str | None) -> Principal: ...
-    def authorize(self, principal: Principal, scope: str) -> None: ...
-
-
-class RateLimiterPort(Protocol):
-    def check(self, client_id: str) -> RateDecision: ...
+class EdgePort(Protocol):
+    def admit(self, authorization: str | None, scope: str) -> Admission: ...
 
 
 class RpcServices(Protocol):
@@ -74,6 +68,4 @@ class RpcServices(Protocol):
     @property
     def quotes(self) -> QuotesPort: ...
     @property
-    def auth(self) -> AuthPort: ...
-    @property
-    def ratelimiter(self) -> RateLimiterPort: ...
+    def edge(self) -> EdgePort: ...

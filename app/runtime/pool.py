@@ -29,15 +29,14 @@ from typing import Any, TypeVar
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from app.domain import context
 from app.domain.errors import DeadlineExceeded, DependencyUnavailable, DomainError, Overloaded
-from app.resilience.gauges import Reading, shared_gauge
-from app.runtime import context
+from app.telemetry.buckets import DURATION_BUCKETS_S
+from app.telemetry.gauges import Reading, shared_gauge
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +108,7 @@ class WorkerPool:
             "platform.pool.task.duration",
             unit="s",
             description="Time a pool task ran (time waited, for timeouts)",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self._unregister = [
             shared_gauge("app.runtime.pool", "platform.pool.queued", unit="{task}").add(

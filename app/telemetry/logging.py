@@ -4,7 +4,7 @@ Every handler we install carries the same `RecordPreparer` filter. It runs once 
 handler to see it), before any formatting or export, and:
 - replaces secrets (app.telemetry.redaction) in the message, the extra attributes and exception text;
 - adds the correlation fields: service, trace_id/span_id of the current span, request_id/user of the
-  current request context (app.runtime.context), pid.
+  current request context (app.domain.context), pid.
 Both the stdout JSON handler and the OTel LoggingHandler therefore see the same scrubbed record.
 
 Access logs: `GunicornJsonLogger.access` runs after the WSGI app returned, when neither the span nor the
@@ -37,7 +37,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
-from app.runtime import context as request_context
+from app.domain import context as request_context
 from app.telemetry.line_writer import BufferedLineHandler, current_pid
 from app.telemetry.redaction import REDACTED, is_sensitive_name, may_hold_secret, redact_text, redact_value
 

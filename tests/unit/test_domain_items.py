@@ -12,8 +12,9 @@ import redis
 from app.domain.chaos import ChaosControl
 from app.domain.errors import Conflict, DependencyUnavailable, InvalidArgument, NotFound, PayloadTooLarge
 from app.domain.items import CHANNEL, ITEM_PREFIX, ItemStore
-from app.domain.services import Services, build_services
+from app.domain.services import Services
 from app.settings import Settings
+from app.worker import build_services
 from tests.conftest import wait_until
 from tests.unit.conftest import Metrics, PrivateRedis
 

@@ -13,10 +13,10 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from app.domain import context
 from app.domain.errors import DependencyUnavailable, InvalidArgument, NotFound
 from app.domain.quotes import QuoteService
 from app.resilience.breaker import CircuitBreaker
-from app.runtime import context
 from app.settings import Settings
 from tests.unit.conftest import Metrics
 

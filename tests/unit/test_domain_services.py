@@ -3,9 +3,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from app.domain.services import build_services
-from app.runtime import context
+from app.domain import context
 from app.settings import Settings
+from app.worker import build_services
 from tests.conftest import free_port, wait_until
 
 

@@ -18,10 +18,10 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.domain.auth import Authenticator
-from app.domain.services import build_services
 from app.http import create_app
 from app.settings import Settings
 from app.telemetry import logging as tlog
+from app.worker import build_services
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
 
-from app.runtime.context import RequestContext, bind, set_user
+from app.domain.context import RequestContext, bind, set_user
 from app.telemetry import logging as tlog
 from app.telemetry.redaction import REDACTED, redact_text, redact_value
 from tests.conftest import wait_until

@@ -13,8 +13,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from app.domain import context
 from app.domain.errors import DeadlineExceeded, DependencyUnavailable, InvalidArgument, Overloaded
-from app.runtime import context
 from app.runtime.pool import WorkerPool
 from tests.conftest import wait_until
 from tests.unit.conftest import Metrics

@@ -18,12 +18,13 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from app.domain.services import Services, build_services
+from app.domain.services import Services
 from app.rpc.client import call_metadata
 from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc
 from app.rpc.server import GrpcServer
 from app.settings import Settings, load_settings
 from app.upstream import create_upstream_app
+from app.worker import build_services
 from tests.unit.conftest import settings_env
 
 INSTANCE_ID = "rpc-test-instance"

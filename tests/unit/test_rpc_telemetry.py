@@ -12,9 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from app.rpc.interceptors import DURATION_BUCKETS, DURATION_METRIC, SERVICE_NAME
+from app.rpc.interceptors import DURATION_METRIC, SERVICE_NAME
 from app.rpc.platform.v1 import platform_pb2 as pb
 from app.rpc.server import GrpcServer
+from app.telemetry.buckets import DURATION_BUCKETS_S as DURATION_BUCKETS
 from tests.conftest import wait_until
 from tests.unit.conftest import Metrics
 from tests.unit.test_rpc_support import INSTANCE_ID, RpcStack, call_error, rpc_stack

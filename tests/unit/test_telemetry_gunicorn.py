@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 APP = """
 import flask
-from app.runtime.context import RequestContext, accept_request_id, bind
+from app.domain.context import RequestContext, accept_request_id, bind
 from app.telemetry.prometheus_bridge import render_metrics
 from app.telemetry.setup import instrument_flask_app
 

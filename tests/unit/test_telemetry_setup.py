@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from app.runtime.context import RequestContext, bind
+from app.domain.context import RequestContext, bind
 from app.settings import Settings, load_settings
 from app.telemetry import logging as tlog
 from app.telemetry.setup import (
