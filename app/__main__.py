@@ -24,12 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.command != "token":
-        from app.telemetry.setup import environment_problems
-
-        if problems := environment_problems():
-            print("error: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
-            return 2
 
     if args.command == "token":
         from app.domain.auth import Authenticator
@@ -42,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    from app.runtime import launcher
+    from app import gunicorn_server
+    from app.worker import API, UPSTREAM
 
-    launcher.run(settings, "api" if args.command == "serve" else "upstream")
+    if problems := gunicorn_server.configuration_problems():
+        print("error: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
+        return 2
+    gunicorn_server.run(settings, API if args.command == "serve" else UPSTREAM)
     return 0
 
 

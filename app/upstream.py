@@ -20,7 +20,7 @@ from flask import Flask, Response, jsonify, request
 from app.domain.auth import Authenticator
 from app.domain.edge import EdgePolicy
 from app.domain.errors import InvalidArgument
-from app.http import edge, inputs, problems
+from app.http import access_log, edge, inputs, problems
 from app.http.health import healthz, metrics
 from app.settings import Settings
 
@@ -81,6 +81,7 @@ def create_upstream_app(settings: Settings, *, instance_id: str | None = None) -
     app = Flask("upstream")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     faults = FaultState()
+    access_log.init_app(app)
     problems.init_app(app)
     # The same edge as the API's: request context, headers, and admin-scoped bearer tokens for /chaos.
     edge.init_app(app, EdgePolicy(Authenticator(settings)), instance_id or str(os.getpid()))
@@ -106,8 +107,4 @@ def create_upstream_app(settings: Settings, *, instance_id: str | None = None) -
 
     app.add_url_rule("/healthz", view_func=healthz)
     app.add_url_rule("/metrics", view_func=metrics)
-
-    from app.telemetry.setup import instrument_flask_app
-
-    instrument_flask_app(app)
     return app

@@ -7,6 +7,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # The service samples 1 trace in 10 by default; tests that assert on spans need every one of them.
 # (Processes the tests start get their environment explicitly, see tests/e2e/conftest.py.)
 os.environ.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+# What the platform distro sets in every worker; instrumentations read it once, at their first use.
+os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+# prometheus_client picks its multiprocess mode when first imported, as in a worker (unit tests render it).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="platform-test-metrics-"))
 
 
 # Ports are drawn below the kernel's ephemeral range (ip_local_port_range starts at 32768), so an

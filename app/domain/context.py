@@ -59,6 +59,14 @@ def leave(token: Token[RequestContext]) -> None:
     _current.reset(token)
 
 
+def log_fields() -> dict[str, str]:
+    """The current request's fields for log records (none outside a request)."""
+    ctx = _current.get()
+    if ctx is _EMPTY:
+        return {}
+    return {"request_id": ctx.request_id, "user": ctx.user}
+
+
 def set_user(user: str) -> None:
     """Called by auth once the caller is known; the rest of the request sees it."""
     _current.set(replace(_current.get(), user=user))

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from app.rpc.interceptors import SERVICE_NAME, PlatformInterceptor
 from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc
@@ -163,16 +162,11 @@ class GrpcServer:
             max_workers=settings.grpc_handler_threads, thread_name_prefix="grpc-handler"
         )
         self._health = health.aio.HealthServicer()
-        # Not traced: probes and tooling, not traffic (as /healthz over HTTP).
-        untraced = filters.any_of(
-            filters.service_name(health.SERVICE_NAME), filters.service_name(reflection.SERVICE_NAME)
-        )
+        # The gRPC instrumentation (opentelemetry-instrumentation-grpc, loaded by the distro) puts its
+        # server interceptor first, so its span wraps admission, errors and metrics; health and reflection
+        # are not traced (OTEL_PYTHON_GRPC_EXCLUDED_SERVICES, as /healthz over HTTP).
         server = grpc.aio.server(
-            # OpenTelemetry first so its server span wraps auth, errors and metrics.
-            interceptors=[
-                aio_server_interceptor(filter_=filters.negate(untraced)),  # type: ignore[no-untyped-call]
-                PlatformInterceptor(self._services, self._executor, self._instance_id),
-            ],
+            interceptors=[PlatformInterceptor(self._services, self._executor, self._instance_id)],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", settings.max_body_bytes),

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 from opentelemetry import metrics
 
+from app.telemetry.buckets import LAG_BUCKETS_S
+
 _METER = "app.runtime.probes"
 
 
@@ -40,6 +42,7 @@ class LoopLagProbe:
             "platform.eventloop.delay",
             unit="s",
             description="How late the event loop ran a timer that was due (sleep overshoot)",
+            explicit_bucket_boundaries_advisory=LAG_BUCKETS_S,
         )
         self._future: concurrent.futures.Future[None] | None = None
         self._lock = threading.Lock()
@@ -93,6 +96,7 @@ class WakeupDelaySampler:
             "platform.thread.wakeup_delay",
             unit="s",
             description="How late a sleeping thread woke up (GIL or CPU starvation)",
+            explicit_bucket_boundaries_advisory=LAG_BUCKETS_S,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -1,24 +1,29 @@
-"""Flask server spans and HTTP RED metrics, the same shape as opentelemetry-instrumentation-flask, cheaper.
+"""Flask server spans and HTTP metrics: what opentelemetry-instrumentation-flask emits, for less CPU.
 
-Output matches the contrib Flask instrumentation in stable HTTP semconv mode (span `<METHOD> <route>`, kind
-SERVER, `http.server.request.duration` in seconds with method/scheme/route/status/protocol/error.type,
-`http.server.active_requests` by method and scheme), which tests/unit/test_telemetry_flask.py checks side by
-side. Why not the contrib one: under gunicorn it costs ~240 us of CPU per request on the reference machine
-(the uninstrumented request costs ~250 us), most of it in work done twice (request attributes are collected
-twice, the excluded-URL regex runs three times on a rebuilt URL, semconv mode checks run ~20 times). Here:
-- one span attribute dict per request, built once; the histogram's attribute sets are cached; exclusions are
-  an exact set lookup on PATH_INFO;
+`PlatformFlaskInstrumentor` is an instrumentor like contrib's: registered under the
+`opentelemetry_instrumentor` entry point `platform_flask` (the platform distro loads it instead of
+contrib's `flask`; disable it with OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=platform_flask and contrib's
+runs), `instrument()` covers every Flask app in the process, `instrument_app(app)` a single one. It reads
+contrib's variables (OTEL_PYTHON_FLASK_EXCLUDED_URLS, OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_*)
+and takes contrib's `request_hook(span, environ)` and `response_hook(span, status, response_headers)`.
+
+Output in stable HTTP semconv mode, checked side by side with contrib (tests/unit/telemetry/test_flask_
+instrumentation.py): span `<METHOD> <route>`, kind SERVER, the same attributes and status;
+`http.server.request.duration` (s) with method, scheme, route, status, protocol, error.type, recorded in
+the span's context so it carries exemplars; `http.server.active_requests`.
+
+Why not contrib's: it costs about as much CPU as a small request itself (bench/RESULTS.md, variant
+`stock`), mostly in work done twice per request. Here a request costs one span, one histogram record and
+two counter updates:
 - no Flask request hooks (Flask dispatches each through `ensure_sync`): the WSGI call and the app's
-  `full_dispatch_request` are wrapped instead;
-- context extraction only when a propagation header is present (with the default propagators);
-- `http.server.active_requests` is an observable up-down counter over a plain per-(method, scheme) count, so
-  a request costs two integer updates instead of two SDK measurements;
-- one histogram record, in the request span's context, so the latency histogram carries exemplars.
-Deliberate differences: `url.query` is never recorded (query strings carry tokens; the issue forbids secrets
-in span attributes); a request that matches no route is named by its method alone, as the semantic
-conventions say, not by its raw path (unbounded span names); the span exists even when an earlier
-before_request hook answers (auth, rate limit), because it starts before them; exception text on spans is
-scrubbed; an unhandled exception that Flask turns into its 500 response is counted with status 500.
+  `full_dispatch_request` are wrapped instead, so the span starts once routing found the rule, before any
+  before_request function runs (auth and rate-limit answers are inside it);
+- the span's attributes are built once; the histogram's attribute sets are built once per distinct set;
+- the excluded-URL check runs once, and only on the path unless the pattern needs the whole URL;
+- trace context is extracted only when a propagation header is present (with the default propagators).
+Deliberate differences: `url.query` is never recorded (query strings carry tokens, and spans must hold
+no secrets); a request that matches no route is named by its method alone, as the semantic conventions
+say, not by its raw path (an unbounded set of span names); exception text on spans is scrubbed.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import os
 import threading
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextvars import ContextVar
 from time import perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
@@ -34,27 +39,38 @@ from typing import TYPE_CHECKING, Any
 import flask
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.wsgi import (
+    collect_custom_request_headers_attributes,
+    collect_custom_response_headers_attributes,
+)
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util.http import (
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
+    ExcludeList,
+    get_excluded_urls,
+    parse_excluded_urls,
+)
 
-from app.telemetry import request_duration
-from app.telemetry.logging import stash_request_log_context
+from app.telemetry.buckets import DURATION_BUCKETS_S
 from app.telemetry.redaction import redact_text
-from app.telemetry.request_duration import DURATION_BUCKETS_S, RequestDurations
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-EXCLUDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+SCOPE = "app.telemetry.flask_instrumentation"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+RequestHook = Callable[[Span, "WSGIEnvironment"], None]
+ResponseHook = Callable[[Span, str, list[tuple[str, str]]], None]
 
-_SCOPE = request_duration.SCOPE
 _MAX_ATTRIBUTE_SETS = 1024
 _DEFAULT_PROPAGATORS = {"tracecontext,baggage", "baggage,tracecontext"}
 
 
-class _Getter(Getter[Any]):
+class _EnvironGetter(Getter[Any]):
     """Reads propagation headers from a WSGI environ (`traceparent` -> `HTTP_TRACEPARENT`)."""
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
@@ -65,71 +81,51 @@ class _Getter(Getter[Any]):
         return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
 
 
-_GETTER = _Getter()
+_GETTER = _EnvironGetter()
 
 
-class _RequestState:
-    __slots__ = (
-        "context",
-        "environ",
-        "method",
-        "protocol",
-        "route",
-        "scheme",
-        "span",
-        "start_ns",
-        "status",
-        "token",
-    )
+class _Request:
+    """One request's telemetry state, from the WSGI call to its end."""
+
+    __slots__ = ("environ", "method", "protocol", "route", "scheme", "span", "start_ns", "status", "token")
 
     def __init__(self, environ: WSGIEnvironment, method: str, scheme: str) -> None:
         self.environ = environ
         self.method = method
         self.scheme = scheme
-        self.protocol = _protocol_version(environ)
+        protocol: str = environ.get("SERVER_PROTOCOL", "")
+        self.protocol = protocol[5:] if protocol.upper().startswith("HTTP/") else protocol
         self.start_ns = time_ns()
-        self.span: trace.Span | None = None
-        self.context: otel_context.Context | None = None  # the span's context: attached, then for exemplars
+        self.span: Span | None = None
         self.token: object | None = None
         self.route: str | None = None
         self.status: int | None = None
 
 
-# The request being handled by this thread (or task): set around the WSGI call, read once routing is done.
-_current: ContextVar[_RequestState | None] = ContextVar("platform_http_request", default=None)
+# The request this thread (or task) is handling: set around the WSGI call, read once routing is done.
+_current: ContextVar[_Request | None] = ContextVar("platform_flask_request", default=None)
 
 
-class FlaskInstrumentation:
-    """Wraps one Flask app; providers default to the globals.
-
-    Two seams, no request hooks: the WSGI callable (timing, active requests, the histogram, ending the span)
-    and the app's `full_dispatch_request` (starting the span once routing has found the rule, before any
-    before_request function runs, so that auth and rate-limit answers are inside it). Flask dispatches each
-    registered hook through `ensure_sync`; a method wrapper costs one call.
-    """
+class _FlaskTelemetry:
+    """The instruments and settings one instrumentation uses; wraps a Flask app's two entry points."""
 
     def __init__(
         self,
-        app: flask.Flask,
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
-        excluded_paths: Iterable[str] = EXCLUDED_PATHS,
-        durations: RequestDurations | None = None,
+        excluded_urls: str | None = None,
+        request_hook: RequestHook | None = None,
+        response_hook: ResponseHook | None = None,
     ) -> None:
-        self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
-        meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
-        # `durations`: the in-process aggregation that app.telemetry.setup exports (request_duration.py);
-        # without it, the SDK histogram records.
-        self._durations = durations
-        self._duration = None
-        if durations is None:
-            self._duration = meter.create_histogram(
-                request_duration.NAME,
-                unit=request_duration.UNIT,
-                description=request_duration.DESCRIPTION,
-                explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
-            )
+        self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
+        self._duration = meter.create_histogram(
+            "http.server.request.duration",
+            unit="s",
+            description="Duration of HTTP server requests.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
         self._active: dict[tuple[str, str], int] = {}
         self._active_lock = threading.Lock()
         meter.create_observable_up_down_counter(
@@ -138,35 +134,86 @@ class FlaskInstrumentation:
             unit="{request}",
             description="Number of active HTTP server requests.",
         )
-        # Histogram attribute sets by (method, scheme, protocol, route, status): built once, not per request
-        # (the SDK copies what it is given). Bounded: methods, routes and status codes are finite sets.
+        # Histogram attribute sets by (method, scheme, protocol, route, status or error): built once, not
+        # per request. Bounded: methods, routes and status codes are finite sets.
         self._attribute_sets: dict[tuple[str, str, str, str | None, int | str | None], dict[str, Any]] = {}
-        self._excluded = frozenset(excluded_paths)
+        self._excluded: ExcludeList = (
+            get_excluded_urls("FLASK") if excluded_urls is None else parse_excluded_urls(excluded_urls)
+        )
+        self._request_hook = request_hook
+        self._response_hook = response_hook
+        self._capture_request_headers = bool(
+            os.environ.get(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST)
+        )
+        self._capture_response_headers = bool(
+            os.environ.get(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
+        )
         propagators = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "")
         # With other propagators (b3, jaeger...) the header names are unknown here: always extract.
         self._always_extract = propagators not in _DEFAULT_PROPAGATORS
-        self._wrapped: WSGIApplication = app.wsgi_app
-        app.wsgi_app = self  # type: ignore[method-assign]
-        self._dispatch = app.full_dispatch_request
-        app.full_dispatch_request = self._full_dispatch_request  # type: ignore[method-assign]
 
-    # -- WSGI: duration and active requests, around everything Flask does ---------------------------------
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "") in self._excluded:
-            return self._wrapped(environ, start_response)
+    # -- the two seams ------------------------------------------------------------------------------------
+    def wrap_wsgi(self, wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+        """Around everything Flask does: duration, active requests, the end of the span."""
+
+        def instrumented_wsgi_app(
+            app: flask.Flask, environ: WSGIEnvironment, start_response: StartResponse
+        ) -> Iterable[bytes]:
+            if self._is_excluded(environ):
+                return wsgi_app(app, environ, start_response)
+            return self._handle(app, wsgi_app, environ, start_response)
+
+        return instrumented_wsgi_app
+
+    def wrap_dispatch(
+        self, dispatch: Callable[[flask.Flask], flask.Response]
+    ) -> Callable[..., flask.Response]:
+        """Inside Flask, once the URL rule is known: the span starts here, before any request hook."""
+
+        def instrumented_full_dispatch_request(app: flask.Flask) -> flask.Response:
+            state = _current.get()
+            if state is None or state.span is not None:  # excluded, or a nested dispatch
+                return dispatch(app)
+            span = self._start_span(state, flask.request.url_rule)
+            try:
+                response = dispatch(app)
+            except BaseException as exc:
+                # Flask turns it into a 500 (handle_exception) or, when propagating, re-raises it.
+                state.status = 500
+                _record_exception(span, exc)
+                raise
+            state.status = response.status_code
+            if span.is_recording():
+                if self._response_hook is not None:
+                    self._response_hook(span, response.status, list(response.headers.items()))
+                if self._capture_response_headers:
+                    span.set_attributes(
+                        collect_custom_response_headers_attributes(list(response.headers.items()))
+                    )
+            return response
+
+        return instrumented_full_dispatch_request
+
+    # -- per request --------------------------------------------------------------------------------------
+    def _handle(
+        self,
+        app: flask.Flask,
+        wsgi_app: Callable[..., Iterable[bytes]],
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
         started = perf_counter()
         method = environ.get("REQUEST_METHOD", "")
         if method not in KNOWN_METHODS:
             method = "_OTHER"
-        scheme = environ.get("wsgi.url_scheme", "http")
-        state = _RequestState(environ, method, scheme)
+        state = _Request(environ, method, environ.get("wsgi.url_scheme", "http"))
         reset = _current.set(state)
-        active_key = (method, scheme)
+        active_key = (method, state.scheme)
         with self._active_lock:
             self._active[active_key] = self._active.get(active_key, 0) + 1
         error: BaseException | None = None
         try:
-            return self._wrapped(environ, start_response)
+            return wsgi_app(app, environ, start_response)
         except BaseException as exc:  # propagated by Flask (PROPAGATE_EXCEPTIONS): no response was made
             error = exc
             state.status = None
@@ -175,61 +222,24 @@ class FlaskInstrumentation:
             _current.reset(reset)
             with self._active_lock:
                 self._active[active_key] -= 1
+            span = state.span
             self._end_span(state, error)
-            seconds = max(perf_counter() - started, 0.0)
-            # Everything the attribute set depends on: an error type replaces the status.
-            key = (
-                state.method,
-                state.scheme,
-                state.protocol,
-                state.route,
-                state.status if error is None else type(error).__qualname__,
+            self._duration.record(
+                max(perf_counter() - started, 0.0),
+                self._metric_attributes(state, error),
+                context=trace.set_span_in_context(span) if span is not None else None,
             )
-            if self._durations is not None:
-                span = state.span
-                self._durations.record(
-                    seconds,
-                    key,
-                    lambda: _metric_attributes(state, error),
-                    span.get_span_context() if span is not None else None,
-                )
-            elif self._duration is not None:
-                attributes = self._attribute_sets.get(key)
-                if attributes is None:
-                    attributes = _metric_attributes(state, error)
-                    if len(self._attribute_sets) < _MAX_ATTRIBUTE_SETS:
-                        self._attribute_sets[key] = attributes
-                self._duration.record(seconds, attributes, context=state.context)
 
-    def _observe_active(self, _options: CallbackOptions) -> Iterator[Observation]:
-        with self._active_lock:
-            counts = list(self._active.items())
-        for (method, scheme), count in counts:
-            yield Observation(count, {"http.request.method": method, "url.scheme": scheme})
+    def _is_excluded(self, environ: WSGIEnvironment) -> bool:
+        excluded = self._excluded
+        # Contrib matches the patterns against the request URL; so does this, built from the environ.
+        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+        url = f"{environ.get('wsgi.url_scheme', 'http')}://{host}{environ.get('PATH_INFO', '')}"
+        if query := environ.get("QUERY_STRING"):
+            url = f"{url}?{query}"
+        return bool(excluded.url_disabled(url))
 
-    # -- Flask: the span, once the route is known -----------------------------------------------------------
-    def _full_dispatch_request(self) -> flask.Response:
-        state = _current.get()
-        if state is None or state.span is not None:  # excluded, or a nested dispatch
-            return self._dispatch()
-        self._start_span(state, flask.request.url_rule)
-        span = state.span
-        try:
-            response = self._dispatch()
-        except BaseException as exc:
-            # Flask turns it into a 500 (handle_exception) or, when propagating, re-raises it.
-            state.status = 500
-            self._record_exception(span, exc)
-            raise
-        else:
-            state.status = response.status_code
-            return response
-        finally:
-            # While the app's request context is still bound (its teardown hooks run later): what the
-            # access log line needs, kept in the WSGI environ.
-            stash_request_log_context(state.environ, span.get_span_context() if span is not None else None)
-
-    def _start_span(self, state: _RequestState, rule: Any) -> None:
+    def _start_span(self, state: _Request, rule: Any) -> Span:
         environ = state.environ
         route = rule.rule if rule is not None else None
         state.route = route
@@ -254,38 +264,29 @@ class FlaskInstrumentation:
             attributes["client.address"] = remote
         if agent := environ.get("HTTP_USER_AGENT"):
             attributes["user_agent.original"] = agent
+        if self._capture_request_headers:
+            attributes.update(collect_custom_request_headers_attributes(environ))
         parent = None
         if self._always_extract or "HTTP_TRACEPARENT" in environ or "HTTP_BAGGAGE" in environ:
             parent = propagate.extract(environ, getter=_GETTER)
         # Semconv span name: "{method} {route}", the method alone without a route ("HTTP" for unknown
-        # methods). The contrib instrumentation uses the raw path then: one span name per scanned URL.
+        # methods).
         base = "HTTP" if method == "_OTHER" else method
-        name = f"{base} {route}" if route is not None else base
         span = self._tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes, start_time=state.start_ns
+            f"{base} {route}" if route is not None else base,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            start_time=state.start_ns,
         )
         state.span = span
-        state.context = trace.set_span_in_context(span, parent)
-        state.token = otel_context.attach(state.context)
+        state.token = otel_context.attach(trace.set_span_in_context(span, parent))
+        if self._request_hook is not None and span.is_recording():
+            self._request_hook(span, environ)
+        return span
 
     @staticmethod
-    def _record_exception(span: trace.Span | None, exc: BaseException) -> None:
-        if span is None or not span.is_recording():
-            return
-        # Exception messages may quote request data: scrub them like log records.
-        span.record_exception(
-            exc,
-            attributes={
-                "exception.message": redact_text(str(exc)),
-                "exception.stacktrace": redact_text(
-                    "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                ),
-            },
-        )
-        span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
-
-    @staticmethod
-    def _end_span(state: _RequestState, error: BaseException | None) -> None:
+    def _end_span(state: _Request, error: BaseException | None) -> None:
         """After Flask's teardown, so that error logs written while handling an exception are in the span."""
         span, token = state.span, state.token
         if span is None or token is None:
@@ -302,27 +303,106 @@ class FlaskInstrumentation:
         span.end()
         otel_context.detach(token)  # type: ignore[arg-type]
 
+    def _metric_attributes(self, state: _Request, error: BaseException | None) -> dict[str, Any]:
+        key = (
+            state.method,
+            state.scheme,
+            state.protocol,
+            state.route,
+            state.status if error is None else type(error).__qualname__,
+        )
+        attributes = self._attribute_sets.get(key)
+        if attributes is not None:
+            return attributes
+        attributes = {
+            "http.request.method": state.method,
+            "url.scheme": state.scheme,
+            "network.protocol.version": state.protocol,
+        }
+        if state.route is not None:
+            attributes["http.route"] = state.route
+        if error is not None:
+            attributes["error.type"] = type(error).__qualname__
+        elif state.status is not None:
+            attributes["http.response.status_code"] = state.status
+            if state.status >= 500:
+                attributes["error.type"] = str(state.status)
+        if len(self._attribute_sets) < _MAX_ATTRIBUTE_SETS:
+            self._attribute_sets[key] = attributes
+        return attributes
 
-def _metric_attributes(state: _RequestState, error: BaseException | None) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "http.request.method": state.method,
-        "url.scheme": state.scheme,
-        "network.protocol.version": state.protocol,
-    }
-    if state.route is not None:
-        attributes["http.route"] = state.route
-    if error is not None:
-        attributes["error.type"] = type(error).__qualname__
-    elif state.status is not None:
-        attributes["http.response.status_code"] = state.status
-        if state.status >= 500:
-            attributes["error.type"] = str(state.status)
-    return attributes
+    def _observe_active(self, _options: CallbackOptions) -> Iterator[Observation]:
+        with self._active_lock:
+            counts = list(self._active.items())
+        for (method, scheme), count in counts:
+            yield Observation(count, {"http.request.method": method, "url.scheme": scheme})
 
 
-def _protocol_version(environ: WSGIEnvironment) -> str:
-    protocol: str = environ.get("SERVER_PROTOCOL", "")
-    return protocol[5:] if protocol.upper().startswith("HTTP/") else protocol
+def _record_exception(span: Span, exc: BaseException) -> None:
+    if not span.is_recording():
+        return
+    # Exception messages may quote request data: scrub them like log records.
+    span.record_exception(
+        exc,
+        attributes={
+            "exception.message": redact_text(str(exc)),
+            "exception.stacktrace": redact_text(
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            ),
+        },
+    )
+    span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
 
 
-__all__ = ["EXCLUDED_PATHS", "FlaskInstrumentation"]
+class PlatformFlaskInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Instruments every Flask app of the process (`instrument()`) or one app (`instrument_app`).
+
+    Keyword arguments, as contrib's FlaskInstrumentor: `tracer_provider`, `meter_provider`,
+    `excluded_urls` (comma-separated patterns; default OTEL_PYTHON_FLASK_EXCLUDED_URLS), `request_hook`,
+    `response_hook`.
+    """
+
+    _originals: tuple[Any, Any] | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("flask >= 2.0",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        telemetry = _telemetry(kwargs)
+        cls = flask.Flask
+        PlatformFlaskInstrumentor._originals = (cls.wsgi_app, cls.full_dispatch_request)
+        cls.wsgi_app = telemetry.wrap_wsgi(cls.wsgi_app)  # type: ignore[method-assign]
+        cls.full_dispatch_request = telemetry.wrap_dispatch(cls.full_dispatch_request)  # type: ignore[method-assign]
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        if PlatformFlaskInstrumentor._originals is not None:
+            flask.Flask.wsgi_app, flask.Flask.full_dispatch_request = PlatformFlaskInstrumentor._originals  # type: ignore[method-assign]
+            PlatformFlaskInstrumentor._originals = None
+
+    @staticmethod
+    def instrument_app(app: flask.Flask, **kwargs: Any) -> flask.Flask:
+        """Instrument only `app` (with its own providers, if given); the process-wide patch is untouched."""
+        telemetry = _telemetry(kwargs)
+        # The undecorated methods, even while every app is instrumented: never two spans per request.
+        originals = PlatformFlaskInstrumentor._originals or (
+            flask.Flask.wsgi_app,
+            flask.Flask.full_dispatch_request,
+        )
+        wsgi_app = telemetry.wrap_wsgi(originals[0])
+        dispatch = telemetry.wrap_dispatch(originals[1])
+        app.wsgi_app = wsgi_app.__get__(app)  # type: ignore[method-assign]
+        app.full_dispatch_request = dispatch.__get__(app)  # type: ignore[method-assign]
+        return app
+
+
+def _telemetry(kwargs: dict[str, Any]) -> _FlaskTelemetry:
+    return _FlaskTelemetry(
+        tracer_provider=kwargs.get("tracer_provider"),
+        meter_provider=kwargs.get("meter_provider"),
+        excluded_urls=kwargs.get("excluded_urls"),
+        request_hook=kwargs.get("request_hook"),
+        response_hook=kwargs.get("response_hook"),
+    )
+
+
+__all__ = ["PlatformFlaskInstrumentor"]

@@ -1,120 +1,65 @@
-"""`GET /metrics` fed by the OTel instruments: one API, two exporters.
+"""`GET /metrics` for all workers: every worker's OTel metrics, summed by prometheus_client multiprocess.
 
-Each worker runs a PeriodicExportingMetricReader with `PrometheusMultiprocessExporter`, which writes every
-cumulative data point into prometheus_client's multiprocess mmap files (the same files, keys and layout
-that prometheus_client's own multiprocess metrics write), so `MultiProcessCollector` sums them over all
-workers at scrape time:
+The OpenTelemetry Prometheus exporter serves one process's metrics (opentelemetry-python #4711), and a
+scrape of a preforked server reaches one worker at a time. So each worker's SDK also has this metric
+reader (`OTEL_METRICS_EXPORTER=prometheus_multiprocess`, entry point of this package). Every second it
+collects cumulative data and hands it to prometheus_client's documented multiprocess API
+(PROMETHEUS_MULTIPROC_DIR, set before prometheus_client is first imported): one prometheus_client metric
+per OTel metric and label set, written to the worker's files; `render_metrics` aggregates every worker's
+files at scrape time with `MultiProcessCollector`, and the master's `child_exit` hook calls
+`mark_worker_dead`.
 
-- monotonic sums -> `counter_<pid>.db`, sample `<name>_total` (a dead worker's totals stay counted);
-- histograms -> `histogram_<pid>.db`, one non-cumulative count per bucket with an `le` label plus `_sum`,
-  exactly like prometheus_client's Histogram; the collector accumulates buckets and derives `_count`;
-- gauges and non-monotonic sums -> `gauge_livesum_<pid>.db` or `gauge_livemax_<pid>.db` (docs/telemetry.md
-  marks each gauge live sum or live max); `mark_worker_dead` deletes a dead worker's live files.
+- monotonic sums -> Counter (incremented by the growth since the last collection); a dead worker's totals
+  stay counted, so a restart never looks like a counter reset;
+- gauges and up-down counters -> Gauge, `livesum` unless GAUGE_MODES says otherwise (`liveall` keeps one
+  series per worker, labelled `pid`; `livemax` for constants); a dead worker's values disappear;
+- histograms -> Histogram with the same buckets. Its API takes single observations, so the new counts of
+  each bucket are observed again at values inside that bucket, chosen so that their sum is the growth of
+  the OTel sum: bucket counts, `_count` and `_sum` come out exact (the sum up to float rounding).
 
 Names follow Prometheus's OTLP translation (app.telemetry.prometheus_names), so both paths agree.
-Per export, the translated keys of each (metric, attribute set) are cached: the SDK hands the same
-attributes object for a series on every collection, so a lookup by its identity is all the steady state
-costs, and only values that changed are written.
 """
 
 from __future__ import annotations
 
 import glob
-import logging
+import math
 import os
-import struct
 import threading
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal
 
-from opentelemetry.sdk.metrics import (
-    Counter,
-    Histogram,
-    ObservableCounter,
-    ObservableGauge,
-    ObservableUpDownCounter,
-    UpDownCounter,
-)
-from opentelemetry.sdk.metrics import _Gauge as SyncGauge
 from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
     Gauge,
+    Histogram,
     HistogramDataPoint,
     Metric,
     MetricExporter,
     MetricExportResult,
     MetricsData,
     NumberDataPoint,
+    PeriodicExportingMetricReader,
     Sum,
 )
-from opentelemetry.sdk.metrics.export import (
-    Histogram as HistogramData,
-)
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, mmap_dict, multiprocess
-from prometheus_client.utils import floatToGoString
 
+from app.telemetry.environment import MULTIPROC_ENV
 from app.telemetry.prometheus_names import MetricKind, labels, metric_name
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-# docs/telemetry.md: these gauges aggregate over workers by max; every other gauge and up-down counter
-# by sum. Both are "live": a dead worker's share disappears with `mark_worker_dead`.
-LIVE_MAX_GAUGES = frozenset({"platform.circuit_breaker.state", "platform.build.info"})
-
-# A series cache bigger than this is dropped and rebuilt: bounded memory even under a cardinality leak.
-MAX_CACHED_SERIES_PER_METRIC = 5000
-
-_log = logging.getLogger(__name__)
-
-
-class _ValueFile(Protocol):
-    """The part of prometheus_client.mmap_dict.MmapedDict used here (the library is untyped)."""
-
-    def read_value(self, key: str) -> tuple[float, float]: ...
-    def write_value(self, key: str, value: float, timestamp: float) -> None: ...
-    def close(self) -> None: ...
-
-
-# Typed handles on prometheus_client's untyped multiprocess internals.
-_open_value_file: Callable[[str], _ValueFile] = mmap_dict.MmapedDict
-_mmap_key: Callable[[str, str, list[str], list[str], str], str] = mmap_dict.mmap_key
-_go_float: Callable[[float], str] = floatToGoString
-_mark_process_dead: Callable[[int, str], None] = multiprocess.mark_process_dead
-_collector: Callable[..., object] = multiprocess.MultiProcessCollector
-_CUMULATIVE: dict[type, AggregationTemporality] = {
-    cls: AggregationTemporality.CUMULATIVE
-    for cls in (
-        Counter,
-        UpDownCounter,
-        Histogram,
-        SyncGauge,
-        ObservableCounter,
-        ObservableUpDownCounter,
-        ObservableGauge,
-    )
+EXPORT_INTERVAL_S = 1.0
+# docs/telemetry.md marks each gauge's aggregation over workers; every other gauge is a live sum.
+GaugeMode = Literal["liveall", "livemax", "livesum"]
+GAUGE_MODES: dict[str, GaugeMode] = {
+    "platform.circuit_breaker.state": "liveall",
+    "platform.build.info": "livemax",
 }
-_configured_dir: str | None = None
-
-
-def configure_default_dir(path: str | None) -> None:
-    """The directory `render_metrics()` reads when called without one (set by init_telemetry)."""
-    global _configured_dir
-    _configured_dir = path
-
-
-def _resolve_dir(path: str | None) -> str:
-    resolved = path or _configured_dir or os.environ.get(MULTIPROC_ENV)
-    if not resolved:
-        raise RuntimeError(f"no Prometheus multiprocess directory: set {MULTIPROC_ENV}")
-    return resolved
 
 
 def prepare_multiproc_dir(path: str) -> str:
     """Create or empty the directory at master start and export it to the workers' environment.
 
-    Files left by a previous run would otherwise be summed into this run's counters.
+    prometheus_client's multiprocess mode needs an empty directory per run: files left by a previous run
+    would be summed into this run's counters.
     """
     os.makedirs(path, exist_ok=True)
     for stale in glob.glob(os.path.join(path, "*.db")):
@@ -123,201 +68,168 @@ def prepare_multiproc_dir(path: str) -> str:
     return path
 
 
+def _directory(path: str | None) -> str:
+    found = path or os.environ.get(MULTIPROC_ENV)
+    if not found:
+        raise RuntimeError(f"no Prometheus multiprocess directory: set {MULTIPROC_ENV}")
+    return found
+
+
 def mark_worker_dead(pid: int, path: str | None = None) -> None:
-    """Drop a dead worker's live gauges (gunicorn child_exit); its counters and histograms stay."""
-    _mark_process_dead(pid, _resolve_dir(path))
+    """Drop a dead worker's live gauges (gunicorn's child_exit); its counters and histograms stay."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, _directory(path))  # type: ignore[no-untyped-call]
 
 
 def render_metrics(path: str | None = None) -> tuple[bytes, str]:
-    """Prometheus text aggregated over all workers' files: (body, content type)."""
-    registry = CollectorRegistry(auto_describe=False)
-    _collector(registry, path=_resolve_dir(path))
+    """Prometheus text aggregated over all workers' files (in `path`, default the variable's)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=_directory(path))  # type: ignore[no-untyped-call]
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-_INITIAL_FILE_SIZE = 1 << 16  # what MmapedDict allocates for a new file
-_EMPTY_HEADER = struct.pack("i", 8)  # "used" = 8: the header only, no entries yet
+class PrometheusMultiprocessMetricReader(PeriodicExportingMetricReader):
+    """The metric reader behind `OTEL_METRICS_EXPORTER=prometheus_multiprocess`."""
 
-
-def _create_atomically(path: str) -> None:
-    """Give a new file its header before its name appears.
-
-    MmapedDict creates an empty file and sizes it afterwards; a scrape globbing the directory in between
-    reads zero bytes and fails (seen when a replacement worker starts during a scrape). A file complete
-    under a temporary name (not *.db, so never globbed) and then renamed cannot be seen half-made.
-    """
-    if os.path.exists(path):
-        return
-    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(temporary, "wb") as fh:
-        fh.truncate(_INITIAL_FILE_SIZE)
-        fh.write(_EMPTY_HEADER)
-    os.replace(temporary, path)
-
-
-@dataclass(slots=True)
-class _Series:
-    attributes: object  # kept so that its id() cannot be reused while cached
-    keys: tuple[str, ...]  # gauges/counters: one key; histograms: one per bucket, then _sum
-    last: list[float]
-    generation: int = 0
-
-
-@dataclass(slots=True)
-class _MetricWriter:
-    """Translated identity of one OTel metric and its series cache."""
-
-    kind: MetricKind
-    name: str  # the prometheus_client metric name (counters without `_total`)
-    sample: str  # the sample name for counters and gauges
-    help_text: str
-    file: _ValueFile
-    live: bool  # unseen series are zeroed (gauges: an unobserved value is gone)
-    series: dict[int, _Series] = field(default_factory=dict)
-
-    def key_for(self, attributes: Mapping[str, object], bounds: Sequence[float]) -> tuple[str, ...]:
-        label_map = labels(attributes)
-        names, values = list(label_map), list(label_map.values())
-        if self.kind is not MetricKind.HISTOGRAM:
-            return (_mmap_key(self.name, self.sample, names, values, self.help_text),)
-        le_values = [*(_go_float(b) for b in bounds), "+Inf"]
-        bucket_keys = [
-            _mmap_key(self.name, self.name + "_bucket", [*names, "le"], [*values, le], self.help_text)
-            for le in le_values
-        ]
-        return (*bucket_keys, _mmap_key(self.name, self.name + "_sum", names, values, self.help_text))
+    def __init__(self, export_interval_millis: float = EXPORT_INTERVAL_S * 1000) -> None:
+        if not os.environ.get(MULTIPROC_ENV):
+            raise RuntimeError(f"the prometheus_multiprocess metric exporter needs {MULTIPROC_ENV}")
+        super().__init__(PrometheusMultiprocessExporter(), export_interval_millis=export_interval_millis)
 
 
 class PrometheusMultiprocessExporter(MetricExporter):
-    """Writes cumulative OTel data points into prometheus_client multiprocess files in `directory`."""
+    """Writes cumulative OTel data points through prometheus_client metrics in multiprocess mode."""
 
-    def __init__(self, directory: str) -> None:
-        super().__init__(preferred_temporality=dict(_CUMULATIVE))
-        self._directory = directory
+    def __init__(self) -> None:
+        super().__init__()
         self._pid = os.getpid()
-        self._files: dict[str, _ValueFile] = {}
-        self._writers: dict[str, _MetricWriter | None] = {}
-        self._generation = 0
+        # Bounded by the SDK's cardinality limit (2,000 attribute sets per metric, then one overflow set).
+        self._writers: dict[tuple[str, tuple[str, ...]], _Writer] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
-    # -- MetricExporter ------------------------------------------------------------------------------
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        # A process forked from this worker (a fork-based pool) inherits the reader thread; its values must
-        # not land in the worker's files, and it is not a worker that child_exit would ever mark dead.
-        if self._closed or os.getpid() != self._pid:
+        # A process forked from this worker inherits the reader thread; its values are not the worker's.
+        if os.getpid() != self._pid:
             return MetricExportResult.SUCCESS
         with self._lock:
-            self._generation += 1
             for resource_metrics in metrics_data.resource_metrics:
                 for scope_metrics in resource_metrics.scope_metrics:
                     for metric in scope_metrics.metrics:
-                        self._export_metric(metric)
+                        self._export(metric)
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return True
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        with self._lock:
-            self._closed = True
-            for mmaped in self._files.values():
-                mmaped.close()
-            self._files.clear()
-            self._writers.clear()
+        pass
 
-    # -- internals -----------------------------------------------------------------------------------
-    def _export_metric(self, metric: Metric) -> None:
-        if metric.name in self._writers:
-            writer = self._writers[metric.name]
-        else:
-            writer = self._writers[metric.name] = self._new_writer(metric)
-        if writer is None:
-            return
-        data = metric.data
-        if writer.kind is MetricKind.HISTOGRAM:
-            self._write_histogram(writer, data.data_points)  # type: ignore[arg-type]
-        else:
-            self._write_numbers(writer, data.data_points)  # type: ignore[arg-type]
-
-    def _file(self, prefix: str) -> _ValueFile:
-        mmaped = self._files.get(prefix)
-        if mmaped is None:
-            path = os.path.join(self._directory, f"{prefix}_{self._pid}.db")
-            _create_atomically(path)
-            mmaped = self._files[prefix] = _open_value_file(path)
-        return mmaped
-
-    def _new_writer(self, metric: Metric) -> _MetricWriter | None:
+    def _export(self, metric: Metric) -> None:
         data = metric.data
         if isinstance(data, Sum):
             kind = MetricKind.MONOTONIC_COUNTER if data.is_monotonic else MetricKind.NON_MONOTONIC_COUNTER
         elif isinstance(data, Gauge):
             kind = MetricKind.GAUGE
-        elif isinstance(data, HistogramData):
+        elif isinstance(data, Histogram):
             kind = MetricKind.HISTOGRAM
-        else:  # exponential histograms have no prometheus_client multiprocess form
-            _log.warning("metric %s: %s is not exported to /metrics", metric.name, type(data).__name__)
-            return None
+        else:  # exponential histograms have no prometheus_client form
+            return
         name = metric_name(metric.name, metric.unit or "", kind)
         if name is None:
-            _log.warning("metric %s has no valid Prometheus name; not exported to /metrics", metric.name)
-            return None
-        help_text = metric.description or metric.name
+            return
+        for point in data.data_points:
+            label_map = labels(point.attributes or {})
+            key = (name, tuple(label_map))
+            writer = self._writers.get(key)
+            if writer is None:
+                writer = self._writers[key] = _Writer.create(kind, name, key[1], metric, point)
+            writer.write(tuple(label_map.values()), point)
+        if kind in (MetricKind.GAUGE, MetricKind.NON_MONOTONIC_COUNTER):
+            # An observable gauge that stopped reporting a series: its value is gone, not frozen.
+            for key, writer in self._writers.items():
+                if key[0] == name:
+                    writer.zero_unseen()
+
+
+@dataclass
+class _Writer:
+    """One prometheus_client metric (an OTel metric with one set of label names) and what it last wrote."""
+
+    kind: MetricKind
+    metric: Any  # prometheus_client Counter, Gauge or Histogram
+    bounds: tuple[float, ...] = ()
+    last: dict[tuple[str, ...], Any] = field(default_factory=dict)  # label values -> last cumulative state
+    written: set[tuple[str, ...]] = field(default_factory=set)  # label values written by this collection
+
+    @classmethod
+    def create(
+        cls, kind: MetricKind, name: str, label_names: tuple[str, ...], metric: Metric, point: Any
+    ) -> _Writer:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        doc = metric.description or metric.name
         if kind is MetricKind.MONOTONIC_COUNTER:
-            base = name.removesuffix("_total")
-            return _MetricWriter(kind, base, name, help_text, self._file("counter"), live=False)
+            return cls(kind, Counter(name.removesuffix("_total"), doc, label_names, registry=None))
         if kind is MetricKind.HISTOGRAM:
-            return _MetricWriter(kind, name, name, help_text, self._file("histogram"), live=False)
-        mode = "livemax" if metric.name in LIVE_MAX_GAUGES else "livesum"
-        return _MetricWriter(kind, name, name, help_text, self._file(f"gauge_{mode}"), live=True)
+            bounds = tuple(point.explicit_bounds)
+            return cls(
+                kind, Histogram(name, doc, label_names, buckets=(*bounds, math.inf), registry=None), bounds
+            )
+        mode: GaugeMode = GAUGE_MODES.get(metric.name, "livesum")
+        return cls(kind, Gauge(name, doc, label_names, registry=None, multiprocess_mode=mode))
 
-    def _series(self, writer: _MetricWriter, attributes: object, bounds: Sequence[float]) -> _Series:
-        cached = writer.series.get(id(attributes))
-        if cached is not None and cached.attributes is attributes:
-            return cached
-        if len(writer.series) >= MAX_CACHED_SERIES_PER_METRIC:
-            writer.series.clear()
-        keys = writer.key_for(attributes or {}, bounds)  # type: ignore[arg-type]
-        # Start from what the file holds (a restarted exporter in the same process must not go backwards).
-        last = [writer.file.read_value(k)[0] for k in keys]
-        series = writer.series[id(attributes)] = _Series(attributes, keys, last)
-        return series
+    def write(self, values: tuple[str, ...], point: NumberDataPoint | HistogramDataPoint) -> None:
+        child = self.metric.labels(*values) if values else self.metric
+        if isinstance(point, HistogramDataPoint):
+            self._write_histogram(child, values, point)
+        elif self.kind is MetricKind.MONOTONIC_COUNTER:
+            last = self.last.get(values, 0.0)
+            if point.value > last:
+                child.inc(point.value - last)
+                self.last[values] = point.value
+        else:
+            child.set(point.value)
+            self.last[values] = point.value
+            self.written.add(values)
 
-    def _write_numbers(self, writer: _MetricWriter, points: Iterable[NumberDataPoint]) -> None:
-        generation = self._generation
-        write = writer.file.write_value
-        for point in points:
-            series = self._series(writer, point.attributes, ())
-            series.generation = generation
-            value = float(point.value)
-            if value != series.last[0]:
-                series.last[0] = value
-                write(series.keys[0], value, 0.0)
-        if writer.live:
-            for series in writer.series.values():
-                if series.generation != generation and series.last[0] != 0.0:
-                    series.last[0] = 0.0
-                    write(series.keys[0], 0.0, 0.0)
+    def zero_unseen(self) -> None:
+        """Gauges: set every series this collection did not report to 0."""
+        for values in self.last.keys() - self.written:
+            (self.metric.labels(*values) if values else self.metric).set(0)
+            self.last[values] = 0.0
+        self.written.clear()
 
-    def _write_histogram(self, writer: _MetricWriter, points: Iterable[HistogramDataPoint]) -> None:
-        write = writer.file.write_value
-        for point in points:
-            series = self._series(writer, point.attributes, point.explicit_bounds)
-            keys, last = series.keys, series.last
-            counts = point.bucket_counts
-            if len(counts) + 1 != len(keys):  # bucket layout changed (a new view): rebuild the keys
-                writer.series.pop(id(point.attributes), None)
-                series = self._series(writer, point.attributes, point.explicit_bounds)
-                keys, last = series.keys, series.last
-            for i, count in enumerate(counts):
-                value = float(count)
-                if value != last[i]:
-                    last[i] = value
-                    write(keys[i], value, 0.0)
-            total = float(point.sum)
-            if total != last[-1]:
-                last[-1] = total
-                write(keys[-1], total, 0.0)
+    def _write_histogram(self, child: Any, values: tuple[str, ...], point: HistogramDataPoint) -> None:
+        counts, total = self.last.get(values, ((0,) * len(point.bucket_counts), 0.0))
+        growth = [new - old for new, old in zip(point.bucket_counts, counts, strict=True)]
+        if any(growth):
+            for value, times in replay(self.bounds, growth, point.sum - total, point.min, point.max):
+                for _ in range(times):
+                    child.observe(value)
+        self.last[values] = (tuple(point.bucket_counts), point.sum)
+
+
+def replay(
+    bounds: Sequence[float], growth: Sequence[int], growth_sum: float, low: float, high: float
+) -> Iterable[tuple[float, int]]:
+    """(value, times) per bucket that grew: values inside the bucket, all placed at the same relative
+    position between its bounds, chosen so that the observations add up to `growth_sum`.
+
+    Bucket i holds values in (bounds[i-1], bounds[i]] (the first from `low`, the last up to `high`, the
+    smallest and largest values ever recorded), so such a position exists: the real values lie there.
+    """
+    edges = [min(low, bounds[0]), *bounds, max(high, bounds[-1])]
+    grown = [(i, n) for i, n in enumerate(growth) if n > 0]
+    lowest = sum(n * edges[i] for i, n in grown)
+    highest = sum(n * edges[i + 1] for i, n in grown)
+    position = 1.0 if highest <= lowest else min(1.0, max(0.0, (growth_sum - lowest) / (highest - lowest)))
+    for i, n in grown:
+        value = edges[i] + position * (edges[i + 1] - edges[i])
+        if i > 0:  # a value on a lower bound belongs to the bucket below
+            value = max(value, math.nextafter(edges[i], math.inf))
+        yield value, n

@@ -76,18 +76,37 @@ def build() -> Json:
 
     lay.row("Telemetry pipeline")
     job = 'job="platform/$service"'
+    lost = f'{job}, error_type!=""'
     lay.add(
         timeseries(
-            "SDK export failures by signal",
+            "Telemetry the service lost",
             [
                 prom(
-                    f"sum by (signal) (rate(platform_telemetry_export_failures_total{{{job}}}[{RI}])) "
+                    f"sum(rate(otel_sdk_exporter_span_exported_total{{{lost}}}[{RI}])) or on () vector(0)",
+                    "spans: export failed",
+                    ref="A",
+                ),
+                prom(
+                    f"sum(rate(otel_sdk_processor_span_processed_total{{{lost}}}[{RI}])) or on () vector(0)",
+                    "spans: queue full",
+                    ref="B",
+                ),
+                prom(
+                    f"sum(rate(otel_sdk_exporter_log_exported_total{{{lost}}}[{RI}])) "
+                    f"+ sum(rate(otel_sdk_processor_log_processed_total{{{lost}}}[{RI}])) or on () vector(0)",
+                    "log records",
+                    ref="C",
+                ),
+                prom(
+                    f"sum(rate(otel_sdk_exporter_metric_data_point_exported_total{{{lost}}}[{RI}])) "
                     "or on () vector(0)",
-                    "{{signal}}",
-                )
+                    "metric points: export failed",
+                    ref="D",
+                ),
             ],
             unit="ops",
-            description="Batches the service's OTLP exporters failed to deliver to the collector.",
+            description="Items the service's OpenTelemetry SDK dropped (full queue) or failed to deliver to the "
+            "collector, from the SDK's own otel.sdk.* metrics.",
         ),
         8,
         8,

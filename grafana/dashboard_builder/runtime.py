@@ -90,8 +90,8 @@ def build() -> Json:
             "CPU per worker",
             [
                 prom(
-                    f"sum by (instance, cpu_mode) (rate(process_cpu_time_seconds_total{{{SEL}}}[{RI}]))",
-                    "{{instance}} {{cpu_mode}}",
+                    f"sum by (instance, type) (rate(process_cpu_time_seconds_total{{{SEL}}}[{RI}]))",
+                    "{{instance}} {{type}}",
                 )
             ],
             unit="percentunit",

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, GiveUp, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -103,6 +105,25 @@ class Proc:
             return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
         finally:
             conn.close()
+
+    def rpc(
+        self,
+        method: str,
+        request: Any,
+        token: str | None,
+        timeout: float = 10.0,
+        *,
+        wait_for_ready: bool | None = None,
+    ) -> tuple[Any, str]:
+        """One RPC on a fresh channel (a fresh connection, so SO_REUSEPORT may pick any worker); returns the
+        response and the instance id of the worker that served it."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            stub = pb_grpc.PlatformServiceStub(channel)  # type: ignore[no-untyped-call]
+            metadata = [("authorization", f"Bearer {token}")] if token else []
+            response, call = getattr(stub, method).with_call(
+                request, metadata=metadata, timeout=timeout, wait_for_ready=wait_for_ready
+            )
+            return response, dict(call.initial_metadata()).get("x-instance-id", "")
 
     def check_alive(self) -> None:
         """Give up a wait at once, with the log, if the process has exited."""

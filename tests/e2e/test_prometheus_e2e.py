@@ -24,7 +24,7 @@ import pytest
 from app.rpc.platform.v1 import platform_pb2 as pb
 from tests.conftest import ROOT, free_port, wait_until
 from tests.e2e.conftest import Proc, base_env, mint, start_api, start_upstream
-from tests.e2e.test_service import grpc_call
+from tests.e2e.otlp_receiver import OtlpReceiver
 from tests.stack.panel_queries import panel_queries
 from tests.stack.prometheus_config import write_scrape_path_config
 
@@ -63,8 +63,18 @@ def observed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     if binary is None:
         pytest.fail("prometheus is not installed (apt-get install prometheus); .ci/run installs it")
     tmp = tmp_path_factory.mktemp("prom")
-    # A small pool queue and rate limit so that load shows rejections too (their panels need data).
-    env = base_env(redis_server, tmp, POOL_QUEUE_SIZE="2", RATE_LIMIT="150/second")
+    # The production profile: OTLP export on (to a receiver of the test's own), so that the SDK's own
+    # export metrics exist too. A small pool queue and rate limit so that load shows rejections too
+    # (their panels need data).
+    receiver = OtlpReceiver().start()
+    env = base_env(
+        redis_server,
+        tmp,
+        POOL_QUEUE_SIZE="2",
+        RATE_LIMIT="150/second",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_METRIC_EXPORT_INTERVAL="1000",
+    )
     upstream = start_upstream(env)
     api = start_api(env, upstream)
     port = free_port()
@@ -89,6 +99,7 @@ def observed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         popen.wait(10)
         api.stop()
         upstream.stop()
+        receiver.stop()
 
 
 def drive_load(o: Observed, seconds: float) -> None:
@@ -116,7 +127,7 @@ def drive_load(o: Observed, seconds: float) -> None:
         for method, request in calls:
             # Errors (and the odd rate-limit rejection) are what some panels show.
             with contextlib.suppress(grpc.RpcError):
-                grpc_call(o.api, method, request, t)
+                o.api.rpc(method, request, t)
 
     def burst() -> None:
         # Saturate the pool (queue of 2) and the rate limit once, so rejections are counted.

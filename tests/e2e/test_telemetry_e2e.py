@@ -15,7 +15,6 @@ from app.rpc.platform.v1 import platform_pb2 as pb
 from tests.conftest import free_port, wait_until
 from tests.e2e.conftest import Proc, base_env, mint, start_api, start_upstream
 from tests.e2e.otlp_receiver import OtlpReceiver
-from tests.e2e.test_service import grpc_call
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +62,7 @@ def test_every_worker_exports_spans_metrics_and_logs(otlp_stack: OtlpStack) -> N
     def spread() -> bool:
         r = otlp_stack.api.request("GET", "/v1/items/missing", token=otlp_stack.token)
         served.add(r.instance)
-        grpc_call(otlp_stack.api, "GetQuote", pb.GetQuoteRequest(symbol="OTLP"), otlp_stack.token)
+        otlp_stack.api.rpc("GetQuote", pb.GetQuoteRequest(symbol="OTLP"), otlp_stack.token)
         return len(served) >= 2
 
     wait_until(spread, timeout=20, message="requests on both workers")

@@ -1,29 +1,40 @@
 """Unit-test fixtures: in-memory OpenTelemetry providers (set once per session) and test Settings.
 
 The global tracer and meter providers can be set only once per process, so they are installed by a
-session-scoped autouse fixture before any component builds its instruments. Metrics are cumulative over
-the session: tests use their own names (breaker names, task names) or compare before/after values.
+session-scoped autouse fixture before any component builds its instruments. They are the SDK's own
+providers, as the platform distro's configurator builds them in a worker (app.telemetry.distro), with
+in-memory exporters and readers in place of OTLP and /metrics. Metrics are cumulative over the session:
+tests use their own names (breaker names, task names) or compare before/after values.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from app.domain import context
 from app.settings import Settings, b64encode, load_settings
+from app.telemetry import logging as tlog
 from tests.conftest import free_port, wait_until
 
 _SPAN_EXPORTER = InMemorySpanExporter()
@@ -77,6 +88,44 @@ class Metrics:
 @pytest.fixture
 def metric_values() -> Metrics:
     return Metrics(_METRIC_READER)
+
+
+@dataclass
+class Captured:
+    stream: io.StringIO
+    otlp: InMemoryLogRecordExporter
+
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self) -> list[dict[str, Any]]:
+        # Lines end at "\n" only, as for log shippers; splitlines() would also split inside a value at U+2028.
+        return [json.loads(line) for line in self.text().split("\n") if line]
+
+
+@pytest.fixture
+def captured() -> Iterator[Captured]:
+    """The root logger's handlers as in a worker: our stdout handler (into a buffer), and the logging
+    instrumentation's OTLP handler (into memory) prepared by the distro."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    stream = io.StringIO()
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    root.handlers = [
+        tlog.json_stdout_handler(stream, "platform-api"),
+        LoggingHandler(logger_provider=provider),
+    ]
+    root.setLevel(logging.DEBUG)
+    tlog.prepare_otlp_handlers()
+    tlog.set_context_fields(context.log_fields)
+    try:
+        yield Captured(stream, exporter)
+    finally:
+        tlog.set_context_fields(None)
+        root.handlers, root.level = handlers, level
+        provider.shutdown()
 
 
 def settings_env(**overrides: Any) -> dict[str, str]:

@@ -18,7 +18,7 @@ from app.rpc.server import GrpcServer
 from app.telemetry.buckets import DURATION_BUCKETS_S as DURATION_BUCKETS
 from tests.conftest import wait_until
 from tests.unit.conftest import Metrics
-from tests.unit.test_rpc_support import INSTANCE_ID, RpcStack, call_error, rpc_stack
+from tests.unit.rpc.support import INSTANCE_ID, RpcStack, call_error, rpc_stack
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"

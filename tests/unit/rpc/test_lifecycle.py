@@ -17,7 +17,7 @@ from app.rpc.platform.v1 import platform_pb2 as pb
 from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc
 from app.rpc.server import GrpcServer
 from tests.conftest import wait_until
-from tests.unit.test_rpc_support import INSTANCE_ID, RpcStack, call_error, rpc_stack
+from tests.unit.rpc.support import INSTANCE_ID, RpcStack, call_error, rpc_stack
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import multiprocessing
 import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -39,7 +44,7 @@ def _kind(doc_type: str) -> MetricKind:
 
 
 def test_contract_table_is_parsed() -> None:
-    assert len(CONTRACT_ROWS) == 25
+    assert len(CONTRACT_ROWS) == 42  # 26 of the service, 16 of the SDK
     assert (
         "http.server.request.duration",
         "histogram",
@@ -55,9 +60,10 @@ def test_every_contract_name_is_the_otlp_translation(otel: str, doc_type: str, u
     assert metric_name(otel, "" if unit == "—" else unit, _kind(doc_type)) == prom
 
 
-def test_live_gauge_modes_follow_the_contract() -> None:
-    live_max = {otel for otel, doc_type, _, _ in CONTRACT_ROWS if doc_type == "gauge (live max)"}
-    assert live_max == set(bridge.LIVE_MAX_GAUGES)
+def test_gauge_modes_follow_the_contract() -> None:
+    modes = {"gauge (live max)": "livemax", "gauge (per worker)": "liveall"}
+    documented = {otel: modes[doc_type] for otel, doc_type, _, _ in CONTRACT_ROWS if doc_type in modes}
+    assert documented == bridge.GAUGE_MODES
 
 
 @pytest.mark.parametrize(
@@ -107,12 +113,10 @@ WORKER = r"""
 import json, sys
 from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from app.telemetry.prometheus_bridge import PrometheusMultiprocessExporter
+from app.telemetry.prometheus_bridge import PrometheusMultiprocessMetricReader
 
-directory, n, state = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-exporter = PrometheusMultiprocessExporter(directory)
-reader = PeriodicExportingMetricReader(exporter, export_interval_millis=float("inf"))
+n, state = int(sys.argv[1]), sys.argv[2]
+reader = PrometheusMultiprocessMetricReader(export_interval_millis=float("inf"))
 meter = MeterProvider(metric_readers=[reader]).get_meter("test")
 requests = meter.create_counter("platform.cache.requests", unit="{request}")
 duration = meter.create_histogram(
@@ -136,10 +140,12 @@ sys.stdin.readline()  # stay alive (live gauges count) until the test lets go
 
 
 class Worker:
+    """A process with its own OTel MeterProvider whose prometheus_multiprocess reader writes `directory`."""
+
     def __init__(self, directory: Path, n: int, breaker: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), bridge.MULTIPROC_ENV: str(directory)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(directory), str(n), breaker],
+            [sys.executable, "-c", WORKER, str(n), breaker],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -167,8 +173,11 @@ def workers(tmp_path: Path) -> Iterator[tuple[Path, list[Worker]]]:
         worker.stop()
 
 
-def scrape(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    body, content_type = bridge.render_metrics(str(directory))
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(directory: Path | None = None) -> Samples:
+    body, content_type = bridge.render_metrics(str(directory) if directory else None)
     assert content_type.startswith("text/plain")
     samples = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -198,8 +207,13 @@ def test_two_processes_are_summed_and_a_dead_ones_live_gauges_vanish(
     assert samples[("http_server_request_duration_seconds_sum", route)] == pytest.approx(4 * 0.5 + 3 * 0.05)
     assert samples[("platform_cache_size", (("cache", "items"),))] == 7  # live sum
     assert samples[("platform_workers", ())] == 2
-    state = (("name", "quotes"), ("state", "open"))
-    assert samples[("platform_circuit_breaker_state", state)] == 1  # live max over 1 and 0
+
+    # Per worker, so that a reader sees which worker's breaker is open.
+    def state(pid: int) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return ("platform_circuit_breaker_state", (("name", "quotes"), ("pid", str(pid)), ("state", "open")))
+
+    assert samples[state(a.pid)] == 1
+    assert samples[state(b.pid)] == 0
 
     a.stop()
     bridge.mark_worker_dead(a.pid, str(directory))
@@ -208,7 +222,7 @@ def test_two_processes_are_summed_and_a_dead_ones_live_gauges_vanish(
     assert samples[("http_server_request_duration_seconds_count", route)] == 7
     assert samples[("platform_cache_size", (("cache", "items"),))] == 4  # ... its live gauges go
     assert samples[("platform_workers", ())] == 1
-    assert samples[("platform_circuit_breaker_state", state)] == 0
+    assert [k for k in samples if k[0] == "platform_circuit_breaker_state"] == [state(b.pid)]
 
 
 def test_output_passes_promtool(workers: tuple[Path, list[Worker]]) -> None:
@@ -219,43 +233,89 @@ def test_output_passes_promtool(workers: tuple[Path, list[Worker]]) -> None:
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
 
-def _exporter_and_meter(directory: Path) -> tuple[PeriodicExportingMetricReader, MeterProvider]:
-    reader = PeriodicExportingMetricReader(
-        bridge.PrometheusMultiprocessExporter(str(directory)), export_interval_millis=float("inf")
-    )
+# -- in this process: it writes the session's multiprocess directory (tests/conftest.py) ----------------
+
+
+def _reader_and_provider() -> tuple[PeriodicExportingMetricReader, MeterProvider]:
+    reader = bridge.PrometheusMultiprocessMetricReader(export_interval_millis=float("inf"))
     return reader, MeterProvider(metric_readers=[reader])
 
 
-def test_values_follow_the_instruments_and_unobserved_gauges_drop_to_zero(tmp_path: Path) -> None:
-    reader, provider = _exporter_and_meter(tmp_path)
+def test_values_follow_the_instruments_and_unobserved_gauges_drop_to_zero() -> None:
+    reader, provider = _reader_and_provider()
     meter = provider.get_meter("test")
-    counter = meter.create_counter("platform.pool.rejections", unit="{task}")
+    name = f"test.values.{uuid.uuid4().hex[:8]}"
+    counter = meter.create_counter(f"{name}.rejections", unit="{task}")
     observed = {"items": 5, "quotes": 2}
 
     def sizes(_options: CallbackOptions) -> list[Observation]:
         return [Observation(v, {"cache": k}) for k, v in observed.items()]
 
-    meter.create_observable_gauge("platform.cache.size", unit="{entry}", callbacks=[sizes])
+    meter.create_observable_gauge(f"{name}.size", unit="{entry}", callbacks=[sizes])
     counter.add(2, {"task": "hash"})
     reader.collect()
     counter.add(3, {"task": "hash"})
     observed.pop("quotes")
     observed["items"] = 6
     reader.collect()
-    samples = scrape(tmp_path)
-    assert samples[("platform_pool_rejections_total", (("task", "hash"),))] == 5
-    assert samples[("platform_cache_size", (("cache", "items"),))] == 6
-    assert samples[("platform_cache_size", (("cache", "quotes"),))] == 0
+    samples = scrape()
+    prefix = name.replace(".", "_")
+    assert samples[(f"{prefix}_rejections_total", (("task", "hash"),))] == 5
+    assert samples[(f"{prefix}_size", (("cache", "items"),))] == 6
+    assert samples[(f"{prefix}_size", (("cache", "quotes"),))] == 0
     provider.shutdown()
+
+
+def test_histograms_come_out_exact_over_several_collections() -> None:
+    reader, provider = _reader_and_provider()
+    name = f"test.latency.{uuid.uuid4().hex[:8]}"
+    histogram = provider.get_meter("test").create_histogram(
+        name, unit="s", explicit_bucket_boundaries_advisory=[0.1, 0.5, 1.0]
+    )
+    values = [0.01, 0.1, 0.2, 0.7, 3.0, 0.05, 1.0, 9.5]
+    for value in values[:5]:
+        histogram.record(value, {"route": "/a"})
+    reader.collect()
+    for value in values[5:]:
+        histogram.record(value, {"route": "/a"})
+    reader.collect()
+    samples = scrape()
+    prefix = f"{name.replace('.', '_')}_seconds"
+    route = (("route", "/a"),)
+    assert [samples[(f"{prefix}_bucket", (("le", le), *route))] for le in ("0.1", "0.5", "1.0", "+Inf")] == [
+        3,
+        4,
+        6,
+        8,
+    ]
+    assert samples[(f"{prefix}_count", route)] == 8
+    assert samples[(f"{prefix}_sum", route)] == pytest.approx(sum(values))
+    provider.shutdown()
+
+
+BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=60.0, allow_nan=False), min_size=1, max_size=200))
+def test_replayed_observations_fall_in_their_buckets_and_add_up(values: list[float]) -> None:
+    growth = [0] * (len(BOUNDS) + 1)
+    for value in values:
+        growth[bisect.bisect_left(BOUNDS, value)] += 1
+    replayed = list(bridge.replay(BOUNDS, growth, sum(values), min(values), max(values)))
+    assert sum(times for _, times in replayed) == len(values)
+    for value, times in replayed:
+        assert times == growth[bisect.bisect_left(BOUNDS, value)], (value, replayed)
+    assert math.isclose(sum(v * n for v, n in replayed), sum(values), rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _export_in_forked_child(reader: PeriodicExportingMetricReader) -> None:
     reader.collect()
 
 
-def test_a_forked_child_does_not_write_into_the_parents_files(tmp_path: Path) -> None:
-    reader, provider = _exporter_and_meter(tmp_path)
-    counter = provider.get_meter("test").create_counter("platform.pool.rejections", unit="{task}")
+def test_a_forked_child_does_not_write_into_the_parents_files() -> None:
+    reader, provider = _reader_and_provider()
+    name = f"test.forked.{uuid.uuid4().hex[:8]}"
+    counter = provider.get_meter("test").create_counter(name, unit="{task}")
     counter.add(1, {"task": "hash"})
     reader.collect()
     counter.add(10, {"task": "hash"})  # recorded, then the child (a copy) exports it: it must not land
@@ -263,8 +323,8 @@ def test_a_forked_child_does_not_write_into_the_parents_files(tmp_path: Path) ->
     child.start()
     child.join(10)
     assert child.exitcode == 0
-    assert sorted(p.name for p in tmp_path.glob("*.db")) == [f"counter_{os.getpid()}.db"]
-    assert scrape(tmp_path)[("platform_pool_rejections_total", (("task", "hash"),))] == 1
+    assert not list(Path(os.environ[bridge.MULTIPROC_ENV]).glob(f"*_{child.pid}.db"))
+    assert scrape()[(f"{name.replace('.', '_')}_total", (("task", "hash"),))] == 1
     provider.shutdown()
 
 
@@ -283,26 +343,9 @@ def test_prepare_multiproc_dir_empties_and_exports_it(
     assert (tmp_path / "new").is_dir()
 
 
-def test_render_without_a_directory_says_which_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_directory_the_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(bridge.MULTIPROC_ENV, raising=False)
-    monkeypatch.setattr(bridge, "_configured_dir", None)
     with pytest.raises(RuntimeError, match=bridge.MULTIPROC_ENV):
         bridge.render_metrics()
-
-
-def test_series_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bridge, "MAX_CACHED_SERIES_PER_METRIC", 10)
-    reader, provider = _exporter_and_meter(tmp_path)
-    counter = provider.get_meter("test").create_counter("platform.pool.rejections", unit="{task}")
-    for i in range(25):
-        counter.add(1, {"task": f"t{i}"})
-    reader.collect()
-    reader.collect()
-    samples = scrape(tmp_path)
-    assert sum(v for (name, _), v in samples.items() if name == "platform_pool_rejections_total") == 25
-    exporter = reader._exporter
-    assert isinstance(exporter, bridge.PrometheusMultiprocessExporter)
-    writer = exporter._writers["platform.pool.rejections"]
-    assert writer is not None
-    assert len(writer.series) <= 10
-    provider.shutdown()
+    with pytest.raises(RuntimeError, match=bridge.MULTIPROC_ENV):
+        bridge.PrometheusMultiprocessMetricReader()

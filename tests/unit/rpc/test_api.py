@@ -19,7 +19,7 @@ from app.domain.crypto import MAX_PLAINTEXT_BYTES
 from app.domain.items import MAX_VALUE_BYTES
 from app.rpc.client import call_metadata
 from app.rpc.platform.v1 import platform_pb2 as pb
-from tests.unit.test_rpc_support import INSTANCE_ID, RpcStack, bad_field, call_error, rpc_stack, trailers
+from tests.unit.rpc.support import INSTANCE_ID, RpcStack, bad_field, call_error, rpc_stack, trailers
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import re
@@ -13,15 +12,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.domain.auth import Authenticator
 from app.http import create_app
 from app.settings import Settings
-from app.telemetry import logging as tlog
+from app.telemetry.flask_instrumentation import PlatformFlaskInstrumentor
 from app.worker import build_services
+from tests.unit.conftest import Captured
 
 
 @pytest.fixture
@@ -33,7 +31,10 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 def app(settings: Settings) -> Iterator[Flask]:
     services = build_services(settings)
     services.start()
-    yield create_app(settings, services, instance_id="test-instance")
+    # In a worker the distro instruments every Flask app; here the session's in-memory providers do.
+    yield PlatformFlaskInstrumentor.instrument_app(
+        create_app(settings, services, instance_id="test-instance")
+    )
     services.close()
 
 
@@ -111,67 +112,51 @@ def test_unexpected_errors_are_a_bare_500(app: Flask, client: FlaskClient) -> No
 
 
 def test_no_secret_reaches_any_log_record_or_span(
-    client: FlaskClient, settings: Settings, spans: InMemorySpanExporter
+    client: FlaskClient, settings: Settings, spans: InMemorySpanExporter, captured: Captured
 ) -> None:
     """Send every kind of secret through the API; search stdout JSON, OTLP log records and spans."""
-    stream = io.StringIO()
-    stdout_handler = tlog.configure_logging("platform-api", "DEBUG", stream=stream)
-    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
-    provider = LoggerProvider()
-    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    otlp_handler = tlog.attach_otlp_handler(provider)
-    try:
-        auth = bearer(settings)
-        token = auth["Authorization"].split()[1]
-        plaintext = b"the launch code is 0000"
-        p64 = base64.b64encode(plaintext).decode()
-        sealed = client.post("/v1/crypto/encrypt", json={"plaintext": p64}, headers=auth).get_json()
-        opened = client.post("/v1/crypto/decrypt", json=sealed, headers=auth).get_json()
-        assert base64.b64decode(opened["plaintext"]) == plaintext
-        signed = client.post("/v1/crypto/sign", json={"message": p64}, headers=auth).get_json()
-        assert client.post("/v1/crypto/verify", json={"message": p64, **signed}, headers=auth).get_json()[
-            "valid"
-        ]
-        # Failures log too: a tampered ciphertext and a forged token.
-        assert (
-            client.post("/v1/crypto/decrypt", json={**sealed, "ciphertext": p64}, headers=auth).status_code
-            == 400
-        )
-        assert client.get("/v1/items/x", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
-        logging.getLogger("app.test").info("debug dump %s", {"authorization": auth["Authorization"]})
-        for handler in logging.getLogger().handlers:
-            handler.flush()
+    auth = bearer(settings)
+    token = auth["Authorization"].split()[1]
+    plaintext = b"the launch code is 0000"
+    p64 = base64.b64encode(plaintext).decode()
+    sealed = client.post("/v1/crypto/encrypt", json={"plaintext": p64}, headers=auth).get_json()
+    opened = client.post("/v1/crypto/decrypt", json=sealed, headers=auth).get_json()
+    assert base64.b64decode(opened["plaintext"]) == plaintext
+    signed = client.post("/v1/crypto/sign", json={"message": p64}, headers=auth).get_json()
+    assert client.post("/v1/crypto/verify", json={"message": p64, **signed}, headers=auth).get_json()["valid"]
+    # Failures log too: a tampered ciphertext and a forged token.
+    assert (
+        client.post("/v1/crypto/decrypt", json={**sealed, "ciphertext": p64}, headers=auth).status_code == 400
+    )
+    assert client.get("/v1/items/x", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+    logging.getLogger("app.test").info("debug dump %s", {"authorization": auth["Authorization"]})
 
-        secrets = {
-            "token": token,
-            "plaintext": plaintext.decode(),
-            "plaintext_b64": p64,
-            "ciphertext": sealed["ciphertext"],
-            "signature": signed["signature"],
-            "auth_key": settings.auth_signing_key,
-            "crypto_key": settings.crypto_keys.split(":")[1].split(",")[0],
-            "signing_key": settings.crypto_signing_key,
-        }
-        haystacks: list[str] = [stream.getvalue()]
-        for rec in exporter.get_finished_logs():
-            haystacks.append(
-                json.dumps(
-                    {"body": str(rec.log_record.body), "attributes": dict(rec.log_record.attributes or {})},
-                    default=str,
-                )
+    secrets = {
+        "token": token,
+        "plaintext": plaintext.decode(),
+        "plaintext_b64": p64,
+        "ciphertext": sealed["ciphertext"],
+        "signature": signed["signature"],
+        "auth_key": settings.auth_signing_key,
+        "crypto_key": settings.crypto_keys.split(":")[1].split(",")[0],
+        "signing_key": settings.crypto_signing_key,
+    }
+    haystacks: list[str] = [captured.text()]
+    for rec in captured.otlp.get_finished_logs():
+        haystacks.append(
+            json.dumps(
+                {"body": str(rec.log_record.body), "attributes": dict(rec.log_record.attributes or {})},
+                default=str,
             )
-        for span in spans.get_finished_spans():
-            haystacks.append(json.dumps(dict(span.attributes or {}), default=str))
-            haystacks.extend(json.dumps(dict(e.attributes or {}), default=str) for e in span.events)
-        assert len(haystacks) > 3, "the test produced logs and spans to search"
-        assert any("debug dump" in h for h in haystacks)
-        text = "\n".join(haystacks)
-        leaked = {name for name, value in secrets.items() if value and value in text}
-        assert leaked == set(), leaked
-    finally:
-        tlog.detach_handler(otlp_handler)
-        tlog.detach_handler(stdout_handler)
-        provider.shutdown()
+        )
+    for span in spans.get_finished_spans():
+        haystacks.append(json.dumps(dict(span.attributes or {}), default=str))
+        haystacks.extend(json.dumps(dict(e.attributes or {}), default=str) for e in span.events)
+    assert len(haystacks) > 3, "the test produced logs and spans to search"
+    assert any("debug dump" in h for h in haystacks)
+    text = "\n".join(haystacks)
+    leaked = {name for name, value in secrets.items() if value and value in text}
+    assert leaked == set(), leaked
 
 
 def test_readiness_names_its_reasons(app: Flask, client: FlaskClient) -> None:
@@ -182,3 +167,26 @@ def test_readiness_names_its_reasons(app: Flask, client: FlaskClient) -> None:
     assert r.status_code == 503
     assert "shutting down" in r.get_json()["detail"]
     assert r.headers["Retry-After"] == "1"
+
+
+def test_one_access_line_per_request_inside_its_trace(
+    client: FlaskClient, settings: Settings, spans: InMemorySpanExporter, captured: Captured
+) -> None:
+    headers = {**bearer(settings, sub="reader"), "X-Request-ID": "acc-1", "User-Agent": "probe/1"}
+    assert client.get("/v1/items/absent", headers=headers).status_code == 404
+    (line,) = [line for line in captured.lines() if line["logger"] == "app.http.access"]
+    assert line["message"] == "GET /v1/items/absent 404"
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/v1/items/absent", 404)
+    assert (line["request_id"], line["user"], line["user_agent"]) == ("acc-1", "reader", "probe/1")
+    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "GET /v1/items/<key>"]
+    assert line["trace_id"] == format(span.context.trace_id, "032x")
+    assert line["span_id"] == format(span.context.span_id, "016x")
+
+
+def test_access_lines_scrub_what_clients_send(client: FlaskClient, captured: Captured) -> None:
+    token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl"
+    client.get(f"/v1/items/{token}", headers={"User-Agent": f"Bearer {token}"})
+    (line,) = [line for line in captured.lines() if line["logger"] == "app.http.access"]
+    assert token not in json.dumps(line)
+    assert line["status"] == 401

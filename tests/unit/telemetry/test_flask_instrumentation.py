@@ -1,4 +1,4 @@
-"""Our Flask instrumentation emits what opentelemetry-instrumentation-flask emits, side by side."""
+"""The platform Flask instrumentor: contrib's output on the same requests, and an instrumentor's contract."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ from typing import Any
 
 import flask
 import pytest
-from opentelemetry.instrumentation._semconv import (
-    _OpenTelemetrySemanticConventionStability,
-    _OpenTelemetryStabilitySignalType,
-    _StabilityMode,
-)
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -19,8 +15,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from app.telemetry import logging as tlog
-from app.telemetry.setup import DURATION_BUCKETS_S, instrument_flask_app
+from app.telemetry.buckets import DURATION_BUCKETS_S
+from app.telemetry.environment import FLASK_EXCLUDED_URLS
+from app.telemetry.flask_instrumentation import PlatformFlaskInstrumentor
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -96,18 +93,17 @@ def make_app() -> flask.Flask:
     return app
 
 
-def make_rig(contrib: bool) -> Rig:
+def make_rig(contrib: bool = False, app: flask.Flask | None = None, **kwargs: Any) -> Rig:
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     reader = InMemoryMetricReader()
-    app = make_app()
-    instrument_flask_app(
-        app,
-        tracer_provider=tracer_provider,
-        meter_provider=MeterProvider(metric_readers=[reader]),
-        contrib=contrib,
-    )
+    app = app or make_app()
+    providers = {"tracer_provider": tracer_provider, "meter_provider": MeterProvider(metric_readers=[reader])}
+    if contrib:
+        FlaskInstrumentor.instrument_app(app, **providers, **kwargs)
+    else:
+        PlatformFlaskInstrumentor.instrument_app(app, **providers, **kwargs)
     return Rig(app, spans, reader)
 
 
@@ -119,14 +115,9 @@ def run(rig: Rig) -> None:
 
 @pytest.fixture(scope="module")
 def rigs() -> tuple[Rig, Rig]:
-    _OpenTelemetrySemanticConventionStability._initialize()  # type: ignore[no-untyped-call]
-    mode = _OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(
-        _OpenTelemetryStabilitySignalType.HTTP
-    )
-    assert mode is _StabilityMode.HTTP, (
-        "OTEL_SEMCONV_STABILITY_OPT_IN=http must be in effect (app.telemetry sets it)"
-    )
-    ours, theirs = make_rig(contrib=False), make_rig(contrib=True)
+    # Both with the distro's default exclusions (health, readiness, metrics), as in every worker.
+    excluded = {"excluded_urls": FLASK_EXCLUDED_URLS}
+    ours, theirs = make_rig(contrib=False, **excluded), make_rig(contrib=True, **excluded)
     run(ours)
     run(theirs)
     return ours, theirs
@@ -193,12 +184,9 @@ def test_span_exists_even_when_an_earlier_hook_answers() -> None:
     def deny() -> tuple[str, int] | None:
         return ("no", 401) if flask.request.path.startswith("/v1/") else None
 
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    instrument_flask_app(app, tracer_provider=tracer_provider, meter_provider=MeterProvider())
+    rig = make_rig(app=app)
     assert app.test_client().get("/v1/items/abc").status_code == 401
-    (span,) = spans.get_finished_spans()
+    (span,) = rig.finished()
     assert span.name == "GET /v1/items/<key>"
     assert dict(span.attributes or {})["http.response.status_code"] == 401
     assert span.status.status_code is StatusCode.UNSET
@@ -212,27 +200,82 @@ def test_exception_text_on_spans_is_scrubbed() -> None:
     def login() -> str:
         raise ValueError("password=hunter2 rejected")
 
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    instrument_flask_app(app, tracer_provider=tracer_provider, meter_provider=MeterProvider())
+    rig = make_rig(app=app)
     assert app.test_client().get("/login").status_code == 500
-    (span,) = spans.get_finished_spans()
+    (span,) = rig.finished()
     (event,) = span.events
     assert "hunter2" not in repr(dict(event.attributes or {})) + repr(span.status)
 
 
-def test_access_log_context_is_left_in_the_environ() -> None:
-    rig = make_rig(contrib=False)
-    environs: list[dict[str, Any]] = []
-    inner = rig.app.wsgi_app
+def test_request_and_response_hooks_see_what_contribs_do() -> None:
+    seen: dict[str, list[Any]] = {"ours": [], "contrib": []}
 
-    def keep(environ: dict[str, Any], start_response: Any) -> Any:
-        environs.append(environ)
-        return inner(environ, start_response)
+    def hooks(name: str) -> dict[str, Any]:
+        def request_hook(span: Any, environ: dict[str, Any]) -> None:
+            seen[name].append(("request", environ["PATH_INFO"]))
+            span.set_attribute("app.hooked", True)
 
-    rig.app.wsgi_app = keep  # type: ignore[method-assign]
-    rig.app.test_client().get("/v1/items/abc")
+        def response_hook(span: Any, status: str, headers: list[tuple[str, str]]) -> None:
+            seen[name].append(("response", status, dict(headers).get("Content-Type")))
+
+        return {"request_hook": request_hook, "response_hook": response_hook}
+
+    ours = make_rig(contrib=False, **hooks("ours"))
+    theirs = make_rig(contrib=True, **hooks("contrib"))
+    for rig in (ours, theirs):
+        rig.app.test_client().get("/v1/items/abc")
+    assert (
+        seen["ours"]
+        == seen["contrib"]
+        == [("request", "/v1/items/abc"), ("response", "200 OK", "application/json")]
+    )
+    assert dict(ours.finished()[0].attributes or {})["app.hooked"] is True
+
+
+def test_excluded_urls_from_the_environment_and_from_the_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PYTHON_FLASK_EXCLUDED_URLS", r"//[^/]+/v1/items/private(\?|$)")
+    rig = make_rig()
+    client = rig.app.test_client()
+    client.get("/v1/items/private")
+    client.get("/v1/items/public")
+    assert [dict(s.attributes or {})["url.path"] for s in rig.finished()] == ["/v1/items/public"]
+    explicit = make_rig(excluded_urls="items/public")
+    explicit.app.test_client().get("/v1/items/public")
+    assert explicit.finished() == []
+
+
+def test_captured_headers_follow_contribs_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "x-tenant")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "content-type")
+    rig = make_rig()
+    rig.app.test_client().get("/v1/items/abc", headers={"X-Tenant": "acme"})
     (span,) = rig.finished()
-    _, span_context = environs[0][tlog.ENVIRON_LOG_CONTEXT]
-    assert span_context.span_id == span.context.span_id
+    attributes = dict(span.attributes or {})
+    assert attributes["http.request.header.x_tenant"] == ("acme",)
+    assert attributes["http.response.header.content_type"] == ("application/json",)
+
+
+def test_instrument_covers_every_app_and_uninstrument_restores_flask() -> None:
+    original = flask.Flask.wsgi_app
+    before = make_app()  # created before instrument(): the patch is on the class, so it is covered too
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    instrumentor = PlatformFlaskInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=MeterProvider())
+    try:
+        after = make_app()
+        before.test_client().get("/v1/items/a")
+        after.test_client().get("/v1/items/b")
+        assert [dict(s.attributes or {})["url.path"] for s in spans.get_finished_spans()] == [
+            "/v1/items/a",
+            "/v1/items/b",
+        ]
+        # An app instrumented on its own as well gets one span per request, not two.
+        spans.clear()
+        make_rig(app=after)
+        after.test_client().get("/v1/items/c")
+        assert spans.get_finished_spans() == ()
+    finally:
+        instrumentor.uninstrument()
+    assert flask.Flask.wsgi_app is original

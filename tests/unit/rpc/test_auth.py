@@ -17,7 +17,7 @@ from app.rpc.interceptors import METHOD_SCOPES, READ_SCOPE, WRITE_SCOPE
 from app.rpc.platform.v1 import platform_pb2 as pb
 from app.settings import load_settings
 from tests.unit.conftest import settings_env
-from tests.unit.test_rpc_support import RpcStack, call_error, detail_of, rich_status, rpc_stack, trailers
+from tests.unit.rpc.support import RpcStack, call_error, detail_of, rich_status, rpc_stack, trailers
 
 # Empty requests: auth must answer before any argument is looked at.
 EMPTY_REQUESTS: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Shared pieces of the gRPC tests (no tests here): a real stack in this process.
+"""Helpers of the gRPC tests (no tests here): a real stack in this process.
 
 The real services from `build_services` against the session's redis-server, the real quotes upstream
 (Flask on a real socket, in a thread), and a real GrpcServer on port 0 reached over real sockets with

@@ -1,0 +1,152 @@
+"""The gunicorn deployment of one role: its settings, and hooks that only start and stop the built worker.
+
+In the master (`run`): the telemetry environment is set for the workers (OTEL_SERVICE_NAME, resource
+attributes, the platform distro, the /metrics directory), logging becomes JSON, and gunicorn forks; the
+master itself owns no thread, socket client or gRPC object and is never instrumented.
+
+In each worker: gunicorn loads the WSGI app through `GunicornServer.load`, which is `app.worker.
+build_worker` (telemetry, services, WSGI app); `post_worker_init` starts what it built (gRPC server,
+probes) and chains SIGTERM to its drain; `worker_exit` stops it within the graceful timeout. The master's
+`child_exit` marks the dead worker for /metrics. The built worker lives on gunicorn's application object
+(`worker.app.built`), per process: no module global carries anything from one hook to another.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import tempfile
+from typing import Any
+
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+from app.settings import Settings
+from app.telemetry import environment
+from app.telemetry.distro import prefork_problems
+from app.telemetry.logging import configure_logging
+from app.telemetry.prometheus_bridge import mark_worker_dead, prepare_multiproc_dir
+from app.worker import API, Role, Worker, build_worker
+
+SERVICE_NAMESPACE = "platform"
+
+
+class JsonErrorLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's own log through the root logger's JSON handler (set up by `run`), not its own one."""
+
+    def setup(self, cfg: Any) -> None:  # also runs on every SIGHUP reload
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                log.removeHandler(handler)
+            log.propagate = True
+
+
+class GunicornServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings, role: Role) -> None:
+        self.settings = settings
+        self.role = role
+        self.built: Worker | None = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings, role = self.settings, self.role
+        options: dict[str, Any] = {
+            "bind": [f"{settings.bind_host}:{role.port(settings)}"],
+            "workers": role.workers(settings),
+            "worker_class": "gthread",
+            "threads": role.threads(settings),
+            "graceful_timeout": math.ceil(settings.graceful_timeout_s),
+            "timeout": 30,
+            "keepalive": 5,
+            "proc_name": f"platform-{role.name}",
+            # Access lines come from the app, inside the request's span (app.http.access_log).
+            "accesslog": None,
+            "logger_class": JsonErrorLogger,
+            "post_worker_init": post_worker_init,
+            "worker_exit": worker_exit,
+            "child_exit": child_exit,
+            # gunicorn 23+'s control socket has one default path per user: two deployments on one host
+            # (API + upstream, or parallel tests) would fight over it, and nothing here uses it.
+            "control_socket_disable": True,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """In the worker, after fork: build everything it serves."""
+        self.built = build_worker(self.settings, self.role)
+        return self.built.wsgi
+
+
+def post_worker_init(worker: Any) -> None:
+    from app.rpc.server import GrpcBindError
+
+    built: Worker = worker.app.built
+    try:
+        built.start()
+    except GrpcBindError as exc:
+        # A port conflict is the operator's to fix: one clear line, no traceback, and gunicorn's
+        # "worker failed to boot" exit code, which stops the master instead of respawning in a loop.
+        worker.log.error("%s", exc)
+        built.stop(1.0)
+        sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    # gunicorn's own SIGTERM handler stops accepting and drains HTTP; run ours first so that readiness
+    # turns 503 and the gRPC drain starts at the same moment.
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        built.begin_shutdown()
+        if callable(gunicorn_handler):
+            gunicorn_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    built: Worker | None = worker.app.built
+    if built is not None:
+        built.stop(built.settings.graceful_timeout_s)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    mark_worker_dead(worker.pid)
+
+
+def telemetry_environment(settings: Settings, role: Role) -> None:
+    """What the workers' OpenTelemetry reads, derived from the settings; explicit OTEL_* values win."""
+    os.environ.setdefault("OTEL_SERVICE_NAME", role.service_name)
+    given = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    present = {pair.split("=", 1)[0].strip() for pair in given.split(",") if "=" in pair}
+    ours = {
+        "service.namespace": SERVICE_NAMESPACE,
+        "service.version": settings.service_version,
+        "deployment.environment": settings.app_env,
+    }
+    extra = [f"{key}={value}" for key, value in ours.items() if key not in present]
+    os.environ["OTEL_RESOURCE_ATTRIBUTES"] = ",".join(part for part in (given, *extra) if part)
+    os.environ.setdefault("OTEL_PYTHON_DISTRO", "platform")
+    os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "platform")
+    # /metrics always works: a private directory unless the operator chose one.
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+        prefix=f"platform-{role.name}-metrics-"
+    )
+    prepare_multiproc_dir(path)
+
+
+def configuration_problems() -> list[str]:
+    """Bad OTEL_* values, or another distro in charge: reported before anything starts."""
+    env = dict(os.environ)
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", "(a private directory)")  # run() always provides one
+    return environment.problems(env) + prefork_problems()
+
+
+def run(settings: Settings, role: Role = API) -> None:
+    """Start the master; returns when it stops. Call `configuration_problems()` first."""
+    telemetry_environment(settings, role)
+    configure_logging()
+    GunicornServer(settings, role).run()
