@@ -137,6 +137,10 @@ def _previous_label(toks: list[tuple[str, str]], i: int) -> str:
 
 # ---- Grafana variables --------------------------------------------------------------------------------
 
+# The W3C trace-context examples: a trace id and a span id as Grafana's links carry them.
+SAMPLE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SAMPLE_SPAN_ID = "00f067aa0ba902b7"
+
 # What each variable becomes when an expression is checked or run outside Grafana. Values are regex-safe
 # where queries use them with =~.
 DEFAULT_VARIABLES: Mapping[str, str] = {
@@ -148,9 +152,16 @@ DEFAULT_VARIABLES: Mapping[str, str] = {
     "__interval": "1m",
     "__range": "1h",
     "__auto": "1m",
+    # Data links (datasources.yml): the trace and span a link starts from, and the value of the field it
+    # is on (every such field here holds a trace id).
+    "__trace.traceId": SAMPLE_TRACE_ID,
+    "__span.traceId": SAMPLE_TRACE_ID,
+    "__span.spanId": SAMPLE_SPAN_ID,
+    "__value.raw": SAMPLE_TRACE_ID,
 }
 
-_VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)(?::[^\]]*)?\]\]|\$(\w+)")
+# ${name}, ${name.field.path} and ${name:format}; [[name]]; $name (no field path in this form).
+_VARIABLE = re.compile(r"\$\{(\w+(?:\.[^:}]+)?)(?::[^}]*)?\}|\[\[(\w+)(?::[^\]]*)?\]\]|\$(\w+)")
 
 
 class UnknownVariableError(KeyError):
@@ -158,7 +169,7 @@ class UnknownVariableError(KeyError):
 
 
 def substitute(expr: str, values: Mapping[str, str] | None = None) -> str:
-    """Replace $var, ${var}, ${var:fmt} and [[var]] with concrete values; unknown variables raise."""
+    """Replace $var, ${var}, ${var.path}, ${var:fmt} and [[var]] with concrete values; unknown ones raise."""
     table = {**DEFAULT_VARIABLES, **(values or {})}
 
     def repl(match: re.Match[str]) -> str:

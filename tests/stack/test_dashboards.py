@@ -22,10 +22,12 @@ from tests.stack.panel_queries import (
     iter_panels,
     load_dashboards,
     panel_queries,
+    source_of,
     target_datasource_uid,
 )
-from tests.stack.promql import metric_names, substitute
+from tests.stack.promql import metric_names
 from tests.stack.promtool import assert_promtool_ok, run_promtool
+from tests.stack.queries import datasource_queries, variable_query
 
 GRAFANA = ROOT / "grafana"
 DATASOURCES_FILE = GRAFANA / "provisioning" / "datasources" / "datasources.yml"
@@ -213,13 +215,9 @@ def test_runtime_and_dependency_panels_cover_the_issue() -> None:
 
 
 def datasource_promql() -> list[PanelQuery]:
-    """The PromQL the Tempo data source runs for trace-to-metrics links, with $__tags made concrete."""
-    tempo = datasource("tempo")["jsonData"]["tracesToMetrics"]
-    out = []
-    for query in tempo["queries"]:
-        expr = query["query"].replace("$$", "$").replace("$__tags", 'service="platform-api"')
-        out.append(PanelQuery("datasource:tempo", query["name"], substitute(expr), "stack"))
-    return out
+    """The PromQL that datasources.yml's links run (Tempo's trace-to-metrics queries), made concrete."""
+    queries = [q for q in datasource_queries() if q.language == "promql"]
+    return [PanelQuery("datasources", q.where, q.text, source_of(q.text)) for q in queries]
 
 
 def variable_selectors() -> list[PanelQuery]:
@@ -227,12 +225,9 @@ def variable_selectors() -> list[PanelQuery]:
     out = []
     for dash in DASHBOARDS.values():
         for var in dash["templating"]["list"]:
-            if var["type"] == "query" and var["datasource"]["uid"] == "prometheus":
-                match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["query"]["query"])
-                assert match, var["query"]
-                out.append(
-                    PanelQuery(dash["uid"], f"variable {var['name']}", substitute(match.group(1)), "service")
-                )
+            query = variable_query(var, f"{dash['uid']}: variable {var['name']}")
+            if query is not None and query.language == "promql":
+                out.append(PanelQuery(dash["uid"], f"variable {var['name']}", query.text, "service"))
     return out
 
 

@@ -46,6 +46,8 @@ def test_substitute_forms_and_defaults() -> None:
     )
     assert substitute(expr) == expected
     assert substitute("x[$__range]", {"__range": "6h"}) == "x[6h]"
+    link = '{${__tags}} | trace_id="${__trace.traceId}"'
+    assert substitute(link, {"__tags": 'a="b"'}) == '{a="b"} | trace_id="4bf92f3577b34da6a3ce929d0e0e4736"'
 
 
 def test_substitute_refuses_unknown_variables() -> None:
