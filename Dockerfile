@@ -30,9 +30,13 @@ RUN groupadd --system --gid ${APP_UID} app \
 COPY --from=build /opt/venv /opt/venv
 # Dev-mode keys live in a directory that compose backs with a volume shared by app, upstream and loadgen,
 # so that every process agrees on them (APP_ENV=dev only; real deployments set the keys themselves).
+# OTEL_PYTHON_DISTRO/CONFIGURATOR pick the platform distro over opentelemetry-distro's, so that
+# `opentelemetry-instrument python -m app serve` works in the image as `python -m app serve` does.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    OTEL_PYTHON_DISTRO=platform \
+    OTEL_PYTHON_CONFIGURATOR=platform \
     BIND_HOST=0.0.0.0 \
     DEV_SECRETS_FILE=/var/lib/platform/dev-secrets.json \
     HEALTHCHECK_URL=http://127.0.0.1:8080/readyz

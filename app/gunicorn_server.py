@@ -125,7 +125,7 @@ def telemetry_environment(settings: Settings, role: Role) -> None:
     ours = {
         "service.namespace": SERVICE_NAMESPACE,
         "service.version": settings.service_version,
-        "deployment.environment": settings.app_env,
+        "deployment.environment.name": settings.app_env,
     }
     extra = [f"{key}={value}" for key, value in ours.items() if key not in present]
     os.environ["OTEL_RESOURCE_ATTRIBUTES"] = ",".join(part for part in (given, *extra) if part)

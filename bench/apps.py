@@ -39,15 +39,15 @@ def _switch_off(parts: set[str]) -> None:
     if "span" in parts:
         from app.telemetry.flask_instrumentation import FlaskInstrumentation
 
-        FlaskInstrumentation._start_span = lambda self, state, rule: None  # type: ignore[method-assign]
+        FlaskInstrumentation._start_span = lambda self, state, rule: None
     if "histogram" in parts:  # both paths: the in-process aggregation and the SDK histogram
         from opentelemetry.sdk.metrics._internal.instrument import Histogram
 
         from app.telemetry.request_duration import RequestDurations
 
-        RequestDurations.record = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+        RequestDurations.record = lambda self, *args, **kwargs: None
         Histogram.record = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
     if "access-log" in parts:
         from app.telemetry.logging import GunicornJsonLogger
 
-        GunicornJsonLogger.access = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+        GunicornJsonLogger.access = lambda self, *args, **kwargs: None

@@ -28,7 +28,7 @@ def connect(target: str, *, ready_timeout_s: float | None = None) -> Iterator[pb
     try:
         if ready_timeout_s is not None:
             grpc.channel_ready_future(channel).result(timeout=ready_timeout_s)
-        yield pb_grpc.PlatformServiceStub(channel)  # type: ignore[no-untyped-call]
+        yield pb_grpc.PlatformServiceStub(channel)
     finally:
         channel.close()
 

@@ -1,6 +1,6 @@
-"""The slice of the domain services the gRPC adapter calls (the signatures of docs/design.md).
+"""The slice of the domain services the gRPC adapter calls (app.domain.services.Services).
 
-Structural types keep the adapter independent of how `build_services` wires things, and let the
+Structural types keep the adapter independent of how `app.worker.build_services` wires things, and let the
 concrete services object (or anything with the same methods) plug in.
 """
 

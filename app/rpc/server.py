@@ -176,7 +176,7 @@ class GrpcServer:
             maximum_concurrent_rpcs=self._max_concurrent_rpcs,
         )
         servicer = PlatformServicer(self._services, self._executor)
-        pb_grpc.add_PlatformServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_PlatformServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

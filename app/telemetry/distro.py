@@ -13,9 +13,9 @@ by each worker right after fork, marks the process and runs the standard auto-in
 (app.telemetry.environment), the configurator builds the SDK from the OTEL_* variables (stock
 opentelemetry-distro configurator: exporters by entry point, sampler, resource), and the instrumentors
 found by entry point patch their libraries. Any other process, above all a gunicorn master that
-`opentelemetry-instrument` started, gets the defaults and nothing else: no provider, no thread, no
-socket, no patched library, so nothing is initialised or exported before fork, and every worker builds
-its own providers with its own `service.instance.id`. A user's own gunicorn app gets the same by calling
+`opentelemetry-instrument` started, gets nothing: no provider, no thread, no socket, no patched library,
+so nothing is initialised or exported before fork, and every worker builds its own providers with its
+own `service.instance.id`. A user's own gunicorn app gets the same by calling
 `start_worker()` in its `post_fork` hook.
 
 What the distro chooses beyond the defaults: the platform Flask instrumentor instead of contrib's
@@ -103,11 +103,13 @@ class PlatformDistro(BaseDistro):  # type: ignore[misc]
 
 
 class PlatformConfigurator(OpenTelemetryConfigurator):
-    """The stock SDK configurator, run in workers only (see the module docstring)."""
+    """The stock SDK configurator, run in workers only (see the module docstring); each worker's resource
+    also says which process it is (`process.pid`, as its log lines do)."""
 
     def configure(self, **kwargs: Any) -> None:
         if _in_worker():
-            super().configure(**kwargs)  # type: ignore[no-untyped-call]
+            attributes = {"process.pid": os.getpid(), **(kwargs.pop("resource_attributes", None) or {})}
+            super().configure(resource_attributes=attributes, **kwargs)  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)

@@ -105,8 +105,8 @@ def build() -> Json:
                 ),
             ],
             unit="ops",
-            description="Items the service's OpenTelemetry SDK dropped (full queue) or failed to deliver to the "
-            "collector, from the SDK's own otel.sdk.* metrics.",
+            description="Items the service's OpenTelemetry SDK dropped (full queue) or failed to deliver "
+            "to the collector, from the SDK's own otel.sdk.* metrics.",
         ),
         8,
         8,

@@ -118,7 +118,7 @@ class Proc:
         """One RPC on a fresh channel (a fresh connection, so SO_REUSEPORT may pick any worker); returns the
         response and the instance id of the worker that served it."""
         with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
-            stub = pb_grpc.PlatformServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = pb_grpc.PlatformServiceStub(channel)
             metadata = [("authorization", f"Bearer {token}")] if token else []
             response, call = getattr(stub, method).with_call(
                 request, metadata=metadata, timeout=timeout, wait_for_ready=wait_for_ready
@@ -149,9 +149,17 @@ class Proc:
         return self.popen.returncode
 
 
-def spawn(name: str, args: list[str], env: dict[str, str], port: int, grpc_port: int = 0) -> Proc:
+def spawn(
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    port: int,
+    grpc_port: int = 0,
+    launcher: tuple[str, ...] = (),
+) -> Proc:
+    """`python -m app <args>`, or `<launcher> python -m app <args>` (e.g. opentelemetry-instrument)."""
     popen = subprocess.Popen(
-        [sys.executable, "-m", "app", *args],
+        [*launcher, sys.executable, "-m", "app", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -190,7 +198,9 @@ def start_upstream(env: dict[str, str]) -> Proc:
     return proc
 
 
-def start_api(env: dict[str, str], upstream: Proc, workers: int = 2, **extra: str) -> Proc:
+def start_api(
+    env: dict[str, str], upstream: Proc, workers: int = 2, *, launcher: tuple[str, ...] = (), **extra: str
+) -> Proc:
     port, grpc_port = free_port(), free_port()
     metrics_dir = Path(env["DEV_SECRETS_FILE"]).parent / f"metrics-{port}"
     metrics_dir.mkdir()
@@ -203,7 +213,7 @@ def start_api(env: dict[str, str], upstream: Proc, workers: int = 2, **extra: st
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         **extra,
     }
-    proc = spawn("api", ["serve"], env, port, grpc_port)
+    proc = spawn("api", ["serve"], env, port, grpc_port, launcher)
 
     def ready_everywhere() -> bool:
         # Every worker ready: readiness answered 200 by as many distinct workers as configured.

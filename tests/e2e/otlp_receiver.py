@@ -44,7 +44,7 @@ class Received:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Trace(trace_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _Trace(trace_grpc.TraceServiceServicer):
     def __init__(self, rx: Received) -> None:
         self.rx = rx
 
@@ -69,7 +69,7 @@ class _Trace(trace_grpc.TraceServiceServicer):  # type: ignore[misc]
         return trace_pb.ExportTraceServiceResponse()
 
 
-class _Metrics(metrics_grpc.MetricsServiceServicer):  # type: ignore[misc]
+class _Metrics(metrics_grpc.MetricsServiceServicer):
     def __init__(self, rx: Received) -> None:
         self.rx = rx
 
@@ -83,7 +83,7 @@ class _Metrics(metrics_grpc.MetricsServiceServicer):  # type: ignore[misc]
         return metrics_pb.ExportMetricsServiceResponse()
 
 
-class _Logs(logs_grpc.LogsServiceServicer):  # type: ignore[misc]
+class _Logs(logs_grpc.LogsServiceServicer):
     def __init__(self, rx: Received) -> None:
         self.rx = rx
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from app.rpc.platform.v1 import platform_pb2 as pb
 from tests.conftest import free_port, wait_until
 from tests.e2e.conftest import Proc, base_env, mint, start_api, start_upstream
-from tests.e2e.otlp_receiver import OtlpReceiver
+from tests.e2e.otlp_receiver import OtlpReceiver, Span
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +114,7 @@ def test_one_trace_runs_from_client_through_http_to_redis_and_upstream(otlp_stac
     assert r.status == 200
     rx = otlp_stack.receiver.received
 
-    def trace_complete() -> list[object] | None:
+    def trace_complete() -> list[Span] | None:
         # The API's server span ends last (after its client span), so it may arrive in a later batch.
         spans = [s for s in rx.spans if s.trace_id == trace_id]
         kinds = {(s.resource.get("service.name"), s.kind) for s in spans}  # kind 2 = SERVER, 3 = CLIENT
@@ -120,9 +122,9 @@ def test_one_trace_runs_from_client_through_http_to_redis_and_upstream(otlp_stac
         return spans if wanted <= kinds else None
 
     spans = wait_until(trace_complete, timeout=20, message="the trace to reach the upstream's spans")
-    server = [s for s in spans if s.kind == 2 and s.resource.get("service.name") == "platform-api"]  # type: ignore[attr-defined]
-    assert server and server[0].parent_span_id == parent  # type: ignore[attr-defined]
-    upstream_server = [s for s in spans if s.resource.get("service.name") == "quotes-upstream"]  # type: ignore[attr-defined]
+    server = [s for s in spans if s.kind == 2 and s.resource.get("service.name") == "platform-api"]
+    assert server and server[0].parent_span_id == parent
+    upstream_server = [s for s in spans if s.resource.get("service.name") == "quotes-upstream"]
     assert upstream_server, "the upstream continued the trace (W3C traceparent over HTTP)"
 
 
@@ -202,3 +204,114 @@ def test_unreachable_collector_slows_nothing_and_logs_once(
     finally:
         api.stop()
         upstream.stop()
+
+
+def test_opentelemetry_instrument_gives_exactly_the_telemetry_of_the_plain_start(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`python -m app serve` and `opentelemetry-instrument python -m app serve`, side by side, exporting to
+    one receiver: the same telemetry, from the workers only, each request's server span exactly once."""
+    receiver = OtlpReceiver().start()
+    env = base_env(
+        redis_server,
+        tmp_path_factory.mktemp("two-starts"),
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        **FAST_EXPORT,
+    )
+    upstream = start_upstream(env)
+    # As the image sets them: opentelemetry-distro's distro and configurator are installed too.
+    distro = {"OTEL_PYTHON_DISTRO": "platform", "OTEL_PYTHON_CONFIGURATOR": "platform"}
+    launcher = (str(Path(sys.executable).parent / "opentelemetry-instrument"),)
+    deployments = {
+        "plain": start_api(env, upstream),
+        "instrumented": start_api({**env, **distro}, upstream, launcher=launcher),
+    }
+    try:
+        token = mint(env, "two-starts")
+        sent: dict[str, dict[str, set[str]]] = {}  # deployment -> trace id -> instances that served it
+        served: dict[str, set[str]] = {name: set() for name in deployments}
+        for name, api in deployments.items():
+            sent[name] = {}
+
+            def spread(api: Proc = api, name: str = name) -> bool:
+                trace_id = uuid.uuid4().hex
+                headers = {"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"}
+                r = api.request("GET", "/v1/items/two-starts", token=token, headers=headers)
+                assert r.status == 404
+                sent[name][trace_id] = {r.instance}
+                served[name].add(r.instance)
+                api.rpc("GetQuote", pb.GetQuoteRequest(symbol="TWO"), token)
+                return len(served[name]) >= 2
+
+            wait_until(spread, timeout=30, message=f"{name}: requests on both workers")
+        rx = receiver.received
+
+        def api_resources(instances: set[str]) -> list[dict[str, object]]:
+            every = (
+                [s.resource for s in rx.spans] + [res for res, _ in rx.metrics] + [res for res, *_ in rx.logs]
+            )
+            return [r for r in every if r.get("service.instance.id") in instances]
+
+        def server_spans(trace_id: str) -> list[Span]:
+            return [s for s in rx.spans if s.trace_id == trace_id and s.kind == 2]
+
+        wanted = {"http.server.request.duration", "rpc.server.call.duration"}
+        for name, api in deployments.items():
+            instances = served[name]
+            assert len(instances) >= 2, f"{name}: 2 workers, each with its own service.instance.id"
+            wait_until(
+                lambda name=name: all(server_spans(t) for t in sent[name]),
+                timeout=30,
+                message=f"{name}: every request's server span",
+            )
+            wait_until(
+                lambda instances=instances: (
+                    wanted <= {m for res, m in rx.metrics if res.get("service.instance.id") in instances}
+                ),
+                timeout=30,
+                message=f"{name}: {wanted} over OTLP",
+            )
+            for trace_id in sent[name]:
+                (span,) = server_spans(trace_id)  # exactly once
+                assert span.name == "GET /v1/items/<key>"
+                assert span.resource.get("service.instance.id") in instances
+            resources = api_resources(instances)
+            assert {r.get("service.name") for r in resources} == {"platform-api"}
+            pids = {r.get("process.pid") for r in resources}
+            assert api.popen.pid not in pids and None not in pids, f"{name}: only workers export"
+            assert len(pids) >= 2
+        # The same telemetry from both starts: metric names, span names and attribute keys. (Only the first
+        # deployment to use the shared Redis loads the rate limiter's Lua script: SCRIPT LOAD is left out.)
+        by_start = {name: served[name] for name in deployments}
+        metric_names = {
+            name: {m for res, m in rx.metrics if res.get("service.instance.id") in ids}
+            for name, ids in by_start.items()
+        }
+        assert metric_names["plain"] == metric_names["instrumented"]
+        scraped = {
+            name: {
+                line.split("{")[0].split(" ")[0]
+                for line in api.request("GET", "/metrics").body.decode().splitlines()
+            }
+            for name, api in deployments.items()
+        }
+        assert "http_server_request_duration_seconds_count" in scraped["plain"]
+        assert scraped["plain"] == scraped["instrumented"]
+        shapes = {
+            name: {
+                (s.name, s.kind, frozenset(s.attributes) - {"client.address", "server.port", "net.peer.port"})
+                for s in rx.spans
+                if s.resource.get("service.instance.id") in ids and s.name != "SCRIPT LOAD"
+            }
+            for name, ids in by_start.items()
+        }
+        assert shapes["plain"] == shapes["instrumented"]
+        # Log records carry the trace ids of their requests, from both starts.
+        logged = {trace_id for res, trace_id, *_ in rx.logs if trace_id.strip("0")}
+        for name in deployments:
+            assert logged & set(sent[name]), f"{name}: log records carry trace ids"
+    finally:
+        for api in deployments.values():
+            api.stop()
+        upstream.stop()
+        receiver.stop()

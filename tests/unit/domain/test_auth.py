@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -128,9 +129,7 @@ def test_hs256_forged_with_the_public_key_is_refused(auth: Authenticator, settin
     ]
     for secret in secrets:
         token = forge(
-            {"alg": "HS256", "typ": "JWT"},
-            valid_claims(settings),
-            lambda data, key=secret: hmac.new(key, data, hashlib.sha256).digest(),
+            {"alg": "HS256", "typ": "JWT"}, valid_claims(settings), functools.partial(hmac_sha256, secret)
         )
         with pytest.raises(Unauthenticated):
             auth.authenticate(f"Bearer {token}")
@@ -189,3 +188,7 @@ def test_minted_token_is_eddsa_with_the_expected_claims(auth: Authenticator, set
     )
     assert claims["scope"] == "a b"
     assert claims["exp"] - claims["iat"] == 120
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()

@@ -152,11 +152,13 @@ def test_write_is_one_atomic_script_that_publishes(
     store.put("pub", 1)
     store.delete("pub")
     seen: list[bytes] = []
-    wait_until(
-        lambda: ((m := pubsub.get_message(timeout=0.1)) and seen.append(m["data"])) or len(seen) == 2,
-        timeout=5,
-        message="two invalidation messages",
-    )
+
+    def two_messages() -> bool:
+        if message := pubsub.get_message(timeout=0.1):
+            seen.append(message["data"])
+        return len(seen) == 2
+
+    wait_until(two_messages, timeout=5, message="two invalidation messages")
     assert seen == [b"1:pub", b"0:pub"]
     pubsub.close()
     raw = redis_client.hgetall("platform:item:pub")
@@ -324,6 +326,7 @@ def test_a_slow_read_cannot_cache_a_value_overwritten_meanwhile(
 ) -> None:
     writer = make_store()
     client = SlowReadRedis.from_url(redis_url, socket_timeout=1)
+    assert isinstance(client, SlowReadRedis)
     reader = ItemStore(client, make_settings())
     reader.start()
     try:

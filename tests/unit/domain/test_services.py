@@ -4,6 +4,7 @@ import threading
 from collections.abc import Callable
 
 from app.domain import context
+from app.runtime.pool import WorkerPool
 from app.settings import Settings
 from app.worker import build_services
 from tests.conftest import free_port, wait_until
@@ -15,7 +16,7 @@ def test_build_opens_nothing_until_start(make_settings: Callable[..., Settings])
     try:
         assert services.redis.connection_pool._connections == []  # type: ignore[attr-defined]
         assert {t.ident for t in threading.enumerate()} <= threads_before
-        assert services.pool._executor is None
+        assert isinstance(services.pool, WorkerPool) and services.pool._executor is None
     finally:
         services.close(timeout=5)
 

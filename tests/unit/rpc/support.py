@@ -46,7 +46,7 @@ class Upstream:
 
         def recording(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             self.request_ids.append(environ.get("HTTP_X_REQUEST_ID", ""))
-            return wsgi(environ, start_response)  # type: ignore[no-any-return]
+            return wsgi(environ, start_response)
 
         app.wsgi_app = recording  # type: ignore[method-assign]
         self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
@@ -129,7 +129,7 @@ def rich_status(err: grpc.RpcError) -> status_pb2.Status:
 
 def detail_of(err: grpc.RpcError, kind: type[T]) -> T | None:
     for packed in rich_status(err).details:
-        msg = kind()  # type: ignore[call-arg]
+        msg = kind()
         if packed.Unpack(msg):
             return msg
     return None

@@ -43,7 +43,7 @@ def report():
 """
 
 
-def probe(code: str, *, instrument: bool = False, **env: str) -> dict[str, Any]:
+def probe(code: str, *, instrument: bool = False, **env: str) -> Any:
     """Run REPORT + `code` (which prints one JSON line last) in a new interpreter; its last line parsed."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMETHEUS_"))}
     environ.update({"PYTHONPATH": str(ROOT), **env})
@@ -52,8 +52,7 @@ def probe(code: str, *, instrument: bool = False, **env: str) -> dict[str, Any]:
         command = [str(BIN / "opentelemetry-instrument"), *command]
     done = subprocess.run(command, env=environ, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_the_distro_and_its_parts_are_registered_by_entry_point() -> None:

@@ -116,7 +116,7 @@ def run(rig: Rig) -> None:
 @pytest.fixture(scope="module")
 def rigs() -> tuple[Rig, Rig]:
     # Both with the distro's default exclusions (health, readiness, metrics), as in every worker.
-    excluded = {"excluded_urls": FLASK_EXCLUDED_URLS}
+    excluded: dict[str, Any] = {"excluded_urls": FLASK_EXCLUDED_URLS}
     ours, theirs = make_rig(contrib=False, **excluded), make_rig(contrib=True, **excluded)
     run(ours)
     run(theirs)

@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.telemetry import prometheus_bridge as bridge
+from app.telemetry.environment import MULTIPROC_ENV
 from app.telemetry.prometheus_names import MetricKind, label_name, labels, metric_name
 from tests.conftest import ROOT
 
@@ -143,7 +144,7 @@ class Worker:
     """A process with its own OTel MeterProvider whose prometheus_multiprocess reader writes `directory`."""
 
     def __init__(self, directory: Path, n: int, breaker: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), bridge.MULTIPROC_ENV: str(directory)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), MULTIPROC_ENV: str(directory)}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER, str(n), breaker],
             stdin=subprocess.PIPE,
@@ -323,7 +324,7 @@ def test_a_forked_child_does_not_write_into_the_parents_files() -> None:
     child.start()
     child.join(10)
     assert child.exitcode == 0
-    assert not list(Path(os.environ[bridge.MULTIPROC_ENV]).glob(f"*_{child.pid}.db"))
+    assert not list(Path(os.environ[MULTIPROC_ENV]).glob(f"*_{child.pid}.db"))
     assert scrape()[(f"{name.replace('.', '_')}_total", (("task", "hash"),))] == 1
     provider.shutdown()
 
@@ -331,21 +332,21 @@ def test_a_forked_child_does_not_write_into_the_parents_files() -> None:
 def test_prepare_multiproc_dir_empties_and_exports_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(bridge.MULTIPROC_ENV, raising=False)
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     directory = tmp_path / "multiproc"
     directory.mkdir()
     (directory / "counter_123.db").write_bytes(b"stale")
     (directory / "keep.txt").write_text("not ours")
     assert bridge.prepare_multiproc_dir(str(directory)) == str(directory)
     assert sorted(p.name for p in directory.iterdir()) == ["keep.txt"]
-    assert os.environ[bridge.MULTIPROC_ENV] == str(directory)
+    assert os.environ[MULTIPROC_ENV] == str(directory)
     assert bridge.prepare_multiproc_dir(str(tmp_path / "new")) == str(tmp_path / "new")
     assert (tmp_path / "new").is_dir()
 
 
 def test_without_a_directory_the_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(bridge.MULTIPROC_ENV, raising=False)
-    with pytest.raises(RuntimeError, match=bridge.MULTIPROC_ENV):
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    with pytest.raises(RuntimeError, match=MULTIPROC_ENV):
         bridge.render_metrics()
-    with pytest.raises(RuntimeError, match=bridge.MULTIPROC_ENV):
+    with pytest.raises(RuntimeError, match=MULTIPROC_ENV):
         bridge.PrometheusMultiprocessMetricReader()
