@@ -4,10 +4,12 @@ In the master (`run`): the telemetry environment is set for the workers (OTEL_SE
 attributes, the platform distro, the /metrics directory), logging becomes JSON, and gunicorn forks; the
 master itself owns no thread, socket client or gRPC object and is never instrumented.
 
-In each worker: gunicorn loads the WSGI app through `GunicornServer.load`, which is `app.worker.
-build_worker` (telemetry, services, WSGI app); `post_worker_init` starts what it built (gRPC server,
-probes) and chains SIGTERM to its drain; `worker_exit` stops it within the graceful timeout. The master's
-`child_exit` marks the dead worker for /metrics. The built worker lives on gunicorn's application object
+Workers are gthread workers with a balanced accept (app.runtime.balanced_worker): a new HTTP connection
+goes to the worker that holds the fewest. In each worker: gunicorn loads the WSGI app through
+`GunicornServer.load`, which is `app.worker.build_worker` (telemetry, services, WSGI app);
+`post_worker_init` starts what it built (gRPC server, probes) and chains SIGTERM to its drain;
+`worker_exit` stops it within the graceful timeout. The master's `child_exit` marks the dead worker for
+/metrics. The built worker lives on gunicorn's application object
 (`worker.app.built`), per process: no module global carries anything from one hook to another.
 """
 
@@ -24,6 +26,7 @@ from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from app.runtime.balanced_worker import BalancedThreadWorker, ConnectionBoard
 from app.settings import Settings
 from app.telemetry import environment
 from app.telemetry.distro import prefork_problems
@@ -50,6 +53,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self.settings = settings
         self.role = role
         self.built: Worker | None = None
+        # Connections per worker, for the balanced accept: room for a full set of workers twice over, as
+        # during a rolling reload old and new workers overlap.
+        self.board = ConnectionBoard(2 * role.workers(settings) + 2)
         super().__init__()
 
     def load_config(self) -> None:
@@ -57,7 +63,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any] = {
             "bind": [f"{settings.bind_host}:{role.port(settings)}"],
             "workers": role.workers(settings),
-            "worker_class": "gthread",
+            "worker_class": BalancedThreadWorker,
             "threads": role.threads(settings),
             "graceful_timeout": math.ceil(settings.graceful_timeout_s),
             "timeout": 30,
@@ -66,6 +72,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             # Access lines come from the app, inside the request's span (app.http.access_log).
             "accesslog": None,
             "logger_class": JsonErrorLogger,
+            "pre_fork": pre_fork,
             "post_worker_init": post_worker_init,
             "worker_exit": worker_exit,
             "child_exit": child_exit,
@@ -80,6 +87,10 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         """In the worker, after fork: build everything it serves."""
         self.built = build_worker(self.settings, self.role)
         return self.built.wsgi
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    worker.slot = server.app.board.claim()
 
 
 def post_worker_init(worker: Any) -> None:
@@ -114,6 +125,7 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
+    server.app.board.release(worker.slot)
     mark_worker_dead(worker.pid)
 
 
