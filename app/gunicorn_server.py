@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from typing import Any
 
 from gunicorn import glogging
@@ -65,7 +66,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "workers": role.workers(settings),
             "worker_class": BalancedThreadWorker,
             "threads": role.threads(settings),
-            "graceful_timeout": math.ceil(settings.graceful_timeout_s),
+            # From the master's SIGTERM to its SIGKILL: the drain delay, then the drain itself.
+            "graceful_timeout": math.ceil(settings.drain_delay_s + settings.graceful_timeout_s),
             "timeout": 30,
             "keepalive": 5,
             "proc_name": f"platform-{role.name}",
@@ -106,14 +108,18 @@ def post_worker_init(worker: Any) -> None:
         built.stop(1.0)
         sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
-    # gunicorn's own SIGTERM handler stops accepting and drains HTTP; run ours first so that readiness
-    # turns 503 and the gRPC drain starts at the same moment.
+    # gunicorn's own SIGTERM handler stops accepting and drains HTTP. Ours comes first: readiness turns 503
+    # at once, both transports keep serving for the drain delay, then gRPC and HTTP drain together.
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        built.begin_shutdown()
+    def drain(signum: int, frame: Any) -> None:
+        built.drain()
         if callable(gunicorn_handler):
-            gunicorn_handler(signum, frame)
+            gunicorn_handler(signum, frame)  # sets a flag and wakes gthread's loop: safe from this thread
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if built.begin_shutdown():
+            threading.Timer(built.settings.drain_delay_s, drain, (signum, frame)).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

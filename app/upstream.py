@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+import flask
 from flask import Flask, Response, jsonify, request
 
 from app.domain.auth import Authenticator
@@ -78,7 +79,7 @@ def price_of(symbol: str, now: float) -> float:
 
 
 def create_upstream_app(settings: Settings, *, instance_id: str | None = None) -> Flask:
-    app = Flask("upstream")
+    app = flask.Flask("upstream")  # looked up now: see app.http.create_app
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     faults = FaultState()
     access_log.init_app(app)

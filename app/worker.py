@@ -5,7 +5,8 @@ from its app loader) and returns a `Worker`: its telemetry, its `Services` (the 
 for the API, its gRPC server and runtime probes. The gunicorn hooks only start and stop what it returned:
 
     fork -> build_worker (telemetry, services, WSGI app) -> Worker.start (gRPC, probes)
-         -> serve -> SIGTERM: Worker.begin_shutdown -> Worker.stop (drain, flush)
+         -> serve -> SIGTERM: Worker.begin_shutdown (readiness 503, still serving)
+         -> after DRAIN_DELAY_S: Worker.drain (gRPC and HTTP stop taking work) -> Worker.stop (flush)
 
 Nothing here runs in the process that forks the workers.
 """
@@ -122,6 +123,7 @@ class Worker:
     grpc: GrpcServer | None = None
     _background: list[LoopLagProbe | WakeupDelaySampler | ChaosInjector] = field(default_factory=list)
     _grpc_stopper: threading.Thread | None = None
+    _shutdown_begun: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -148,17 +150,27 @@ class Worker:
             part.start()
         log.info("worker ready", extra={"grpc_port": grpc_server.port})
 
-    def begin_shutdown(self) -> None:
-        """SIGTERM: stop advertising readiness and start the gRPC drain at once, in parallel with HTTP's."""
+    def begin_shutdown(self) -> bool:
+        """SIGTERM: stop advertising readiness; keep serving until `drain`. False if already begun."""
         with self._lock:
-            if self._grpc_stopper is not None or self.services is None:
-                return
+            if self._shutdown_begun:
+                return False
+            self._shutdown_begun = True
+        if self.services is not None:
             self.services.begin_shutdown()
-            if self.grpc is not None:
-                self._grpc_stopper = threading.Thread(
-                    target=self._stop_grpc, args=(self.grpc,), name="grpc-stop", daemon=True
-                )
-                self._grpc_stopper.start()
+        return True
+
+    def drain(self) -> None:
+        """After the drain delay: the gRPC server stops taking calls and finishes those in flight, in parallel
+        with gunicorn's HTTP drain."""
+        self.begin_shutdown()
+        with self._lock:
+            if self._grpc_stopper is not None or self.grpc is None:
+                return
+            self._grpc_stopper = threading.Thread(
+                target=self._stop_grpc, args=(self.grpc,), name="grpc-stop", daemon=True
+            )
+            self._grpc_stopper.start()
 
     def _stop_grpc(self, server: GrpcServer) -> None:
         # Hand the gRPC port over before closing it (see app.runtime.handover); half the grace at most.
@@ -170,7 +182,7 @@ class Worker:
         """Finish shutting down within `timeout_s` (default: the graceful timeout), telemetry last."""
         budget = timeout_s or self.settings.graceful_timeout_s
         deadline = time.monotonic() + budget
-        self.begin_shutdown()
+        self.drain()
         if self._grpc_stopper is not None:
             self._grpc_stopper.join(max(0.0, deadline - time.monotonic()))
         elif self.grpc is not None:  # never began to serve (a failed start)

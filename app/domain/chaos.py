@@ -64,6 +64,7 @@ class ChaosControl:
         self._refresh_lock = threading.Lock()
         self._state = NO_FAULTS
         self._read_at = -math.inf
+        self._unreadable = False  # during an outage: warned once, told again when it ends
 
     def get(self) -> ChaosState:
         """The faults in force now (cached for at most a second); never raises."""
@@ -71,8 +72,13 @@ class ChaosControl:
             # One thread refreshes; the others keep using the last state meanwhile instead of queueing.
             try:
                 self._state = self._load()
+                if self._unreadable:
+                    self._unreadable = False
+                    log.info("chaos state readable again")
             except redis.exceptions.RedisError as exc:
-                log.warning("chaos state unreadable, keeping the last known: %s", type(exc).__name__)
+                if not self._unreadable:  # once per outage, not once a second
+                    self._unreadable = True
+                    log.warning("chaos state unreadable, keeping the last known: %s", type(exc).__name__)
             finally:
                 self._read_at = self._clock()
                 self._refresh_lock.release()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, TypeGuard
@@ -23,7 +24,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from app.domain import context
-from app.domain.errors import DependencyUnavailable, InvalidArgument, NotFound
+from app.domain.errors import DeadlineExceeded, DependencyUnavailable, InvalidArgument, NotFound
 from app.domain.models import Quote
 from app.resilience.breaker import CircuitBreaker, CircuitOpen
 from app.resilience.retry import RetryPolicy
@@ -105,9 +106,11 @@ class QuoteService:
         self._breaker.close()
         self._http.clear()
 
-    def get(self, symbol: str) -> Quote:
+    def get(self, symbol: str, *, deadline_s: float | None = None) -> Quote:
+        """The quote, within the configured deadline or the caller's `deadline_s`, whichever ends first."""
         if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
             raise InvalidArgument("must be 1 to 8 capital letters A-Z", field="symbol")
+        started = time.monotonic()
         with self._tracer.start_as_current_span(
             "quotes.fetch",
             kind=SpanKind.INTERNAL,
@@ -116,7 +119,9 @@ class QuoteService:
             set_status_on_exception=False,
         ) as span:
             try:
-                quote = self._retry.call(lambda remaining: self._attempt(symbol, remaining))
+                quote = self._retry.call(
+                    lambda remaining: self._attempt(symbol, remaining), deadline_s=deadline_s
+                )
             except (UpstreamFailed, CircuitOpen) as exc:
                 with self._lock:
                     last = self._last_good.get(symbol)
@@ -127,6 +132,11 @@ class QuoteService:
                     return replace(last, stale=True)
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                if deadline_s is not None and time.monotonic() >= started + deadline_s:
+                    # The caller's own deadline ended it, before ours: say so, not "unavailable".
+                    raise DeadlineExceeded(
+                        "the caller's deadline passed before the quotes upstream answered"
+                    ) from exc
                 retry_after = self._breaker.retry_after_s() or 1.0
                 raise DependencyUnavailable("quotes upstream unavailable", retry_after_s=retry_after) from exc
             if quote is None:

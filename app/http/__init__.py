@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flask
 from flask import Flask
 
 from app.domain.services import Services
@@ -12,7 +13,9 @@ def create_app(settings: Settings, services: Services, *, instance_id: str) -> F
     """The WSGI app over `services`. Under gunicorn: in each worker, after fork and after telemetry."""
     from app.http import access_log, admin, api, edge, health, problems
 
-    app = Flask("app")
+    # flask.Flask looked up now, not at import: an instrumentation that replaces the class (contrib's
+    # FlaskInstrumentor does, in each worker) must see this app, even if this module was imported before.
+    app = flask.Flask("app")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,  # Werkzeug answers 413 past this, before reading it
         JSON_SORT_KEYS=False,

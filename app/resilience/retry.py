@@ -58,13 +58,15 @@ class RetryPolicy:
         """Upper bound of the sleep after failed attempt number `attempt` (0-based)."""
         return float(min(self.cap_s, self.base_s * 2**attempt))
 
-    def call(self, fn: Callable[[float], T]) -> T:
+    def call(self, fn: Callable[[float], T], *, deadline_s: float | None = None) -> T:
         """Call `fn(remaining_s)` until it succeeds, fails for good, or the deadline leaves no room.
 
-        `remaining_s` is the time left before the overall deadline, so each attempt can bound its own
-        timeouts by it. The last error propagates unchanged.
+        The deadline is the policy's, or `deadline_s` when that is shorter (a caller's own deadline, e.g. a
+        gRPC client's). `remaining_s` is the time left before it, so each attempt can bound its own timeouts
+        by it. The last error propagates unchanged.
         """
-        deadline = self._clock() + self.deadline_s
+        budget = self.deadline_s if deadline_s is None else min(self.deadline_s, max(0.0, deadline_s))
+        deadline = self._clock() + budget
         attempt = 0
         while True:
             try:

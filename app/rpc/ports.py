@@ -49,7 +49,7 @@ class ComputePort(Protocol):
 
 
 class QuotesPort(Protocol):
-    def get(self, symbol: str) -> Quote: ...
+    def get(self, symbol: str, *, deadline_s: float | None = None) -> Quote: ...
 
 
 class EdgePort(Protocol):

@@ -167,10 +167,12 @@ class PlatformServicer(pb_grpc.PlatformServiceServicer):
     # --- quotes ----------------------------------------------------------------------------------------
 
     async def GetQuote(self, request: pb.GetQuoteRequest, context: grpc.aio.ServicerContext) -> pb.Quote:
-        return await self._offload(self._get_quote, request.symbol)
+        # The client's deadline bounds the upstream call too: no work continues after the client gave up.
+        return await self._offload(self._get_quote, (request.symbol, context.time_remaining()))
 
-    def _get_quote(self, symbol: str) -> pb.Quote:
-        return quote_to_pb(self._services.quotes.get(symbol))
+    def _get_quote(self, call: tuple[str, float | None]) -> pb.Quote:
+        symbol, deadline_s = call
+        return quote_to_pb(self._services.quotes.get(symbol, deadline_s=deadline_s))
 
     async def WatchQuotes(
         self, request: pb.WatchQuotesRequest, context: grpc.aio.ServicerContext
@@ -187,4 +189,4 @@ class PlatformServicer(pb_grpc.PlatformServiceServicer):
             if i:
                 next_at += interval_ms / 1000
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
-            yield await self._offload(self._get_quote, request.symbol)
+            yield await self._offload(self._get_quote, (request.symbol, context.time_remaining()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -38,22 +39,41 @@ class Response:
 
 
 class LogTail:
-    """Collects a child's merged stdout/stderr lines on a thread (bounded), so pipes never fill up."""
+    """Collects a child's merged stdout/stderr lines on a thread, so pipes never fill up.
 
-    def __init__(self, stream: Any, limit: int = 50_000) -> None:
-        self.lines: list[str] = []
-        self._limit = limit
+    Keeps the last `limit` lines; `mark()` and `since(mark)` read what arrived after a point in time.
+    """
+
+    def __init__(self, stream: Any, limit: int = 100_000) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=limit)
+        self._total = 0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
         self._thread.start()
 
     def _pump(self, stream: Any) -> None:
         for raw in iter(stream.readline, b""):
-            if len(self.lines) < self._limit:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+            with self._lock:
+                self._lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._total += 1
 
-    def json_records(self) -> list[dict[str, Any]]:
+    @property
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def mark(self) -> int:
+        with self._lock:
+            return self._total
+
+    def since(self, mark: int) -> list[str]:
+        with self._lock:
+            new = self._total - mark
+            return list(self._lines)[-new:] if new > 0 else []
+
+    def json_records(self, lines: list[str] | None = None) -> list[dict[str, Any]]:
         out = []
-        for line in list(self.lines):
+        for line in self.lines if lines is None else lines:
             try:
                 rec = json.loads(line)
             except ValueError:

@@ -99,13 +99,15 @@ class _Logs(logs_grpc.LogsServiceServicer):
 
 
 class OtlpReceiver:
-    def __init__(self) -> None:
+    """On a free port, or on `port` (to bring back an endpoint that was down)."""
+
+    def __init__(self, port: int = 0) -> None:
         self.received = Received()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_grpc.add_TraceServiceServicer_to_server(_Trace(self.received), self._server)
         metrics_grpc.add_MetricsServiceServicer_to_server(_Metrics(self.received), self._server)
         logs_grpc.add_LogsServiceServicer_to_server(_Logs(self.received), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
 
     @property
     def endpoint(self) -> str:

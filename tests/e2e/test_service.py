@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import os
 import re
 import signal
 import socket
@@ -299,7 +298,7 @@ def test_sigterm_with_requests_in_flight_loses_none(
     tmp = tmp_path_factory.mktemp("sigterm")
     env = base_env(redis_server, tmp)
     upstream = start_upstream(env)
-    api = start_api(env, upstream, UPSTREAM_READ_TIMEOUT_S="6", UPSTREAM_DEADLINE_S="8")
+    api = start_api(env, upstream, UPSTREAM_READ_TIMEOUT_S="6", UPSTREAM_DEADLINE_S="8", DRAIN_DELAY_S="1")
     try:
         token = mint(env, "sigterm")
         admin = mint(env, "sigterm-admin", "admin")
@@ -333,62 +332,3 @@ def test_sigterm_with_requests_in_flight_loses_none(
     finally:
         api.stop()
         upstream.stop()
-
-
-def test_killed_worker_is_replaced_and_serves_both_transports(stack: Stack) -> None:
-    token = stack.token("replacement")
-    before = set(stack.api.worker_pids())
-    assert len(before) == 2
-    victim = sorted(before)[0]
-    os.kill(victim, signal.SIGKILL)
-
-    def replaced() -> bool:
-        pids = set(stack.api.worker_pids())
-        return len(pids) == 2 and victim not in pids
-
-    wait_until(replaced, timeout=30, message="gunicorn to replace the killed worker")
-    http_seen: set[str] = set()
-    grpc_seen: set[str] = set()
-
-    def both() -> bool:
-        r = stack.api.request("GET", "/readyz")
-        if r.status == 200:
-            http_seen.add(r.instance)
-        _, served_by = stack.api.rpc("GetQuote", pb.GetQuoteRequest(symbol="ACME"), token)
-        grpc_seen.add(served_by)
-        return len(http_seen) >= 2 and len(grpc_seen) >= 2
-
-    wait_until(both, timeout=30, message="the replacement to serve HTTP and gRPC")
-    assert http_seen == grpc_seen
-
-
-def test_sighup_reload_fails_no_request(stack: Stack) -> None:
-    token = stack.token("reload")
-    before = set(stack.api.worker_pids())
-    failures: list[str] = []
-    done = 0
-    stop = time.monotonic() + 60
-
-    def replaced() -> bool:
-        pids = set(stack.api.worker_pids())
-        return len(pids) == 2 and not (pids & before)
-
-    assert stack.api.request("PUT", "/v1/items/hup", {"value": "still here"}, token=token).status == 200
-    stack.api.popen.send_signal(signal.SIGHUP)
-    while time.monotonic() < stop:
-        try:
-            r = stack.api.request("GET", "/v1/items/hup", token=token)
-            if r.status != 200:
-                failures.append(f"http {r.status}")
-            # As a well-behaved client does across rolling restarts: a connect reset by a closing
-            # listener is retried (see app/runtime/handover.py), the RPC itself must not fail.
-            item, _ = stack.api.rpc("GetItem", pb.GetItemRequest(key="hup"), token, wait_for_ready=True)
-            assert item.value.string_value == "still here"
-        except Exception as exc:
-            failures.append(repr(exc))
-        done += 1
-        if replaced():
-            break
-    assert replaced(), "SIGHUP replaced every worker"
-    assert failures == [], failures[:5]
-    assert done > 0

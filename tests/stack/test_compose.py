@@ -289,3 +289,20 @@ def test_grafana_admin_password_is_generated_once_or_taken_from_the_shell(
     other.mkdir()
     assert run_grafana_entrypoint(services, other, "chosen-by-me") == "chosen-by-me"
     assert run_grafana_entrypoint(services, other / ".." / "other", None) == "chosen-by-me"
+
+
+def test_stop_grace_period_covers_the_drain_delay_and_the_graceful_timeout(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """docker compose stop sends SIGTERM, then SIGKILL after stop_grace_period: the service needs its drain
+    delay (still serving, readiness 503) and its graceful timeout (draining) before that, with headroom."""
+    from app.settings import Settings
+
+    fields = Settings.model_fields
+    for name in ("app", "upstream"):
+        environment = services[name].get("environment", {})
+        drain = float(environment.get("DRAIN_DELAY_S", fields["drain_delay_s"].default))
+        graceful = float(environment.get("GRACEFUL_TIMEOUT_S", fields["graceful_timeout_s"].default))
+        grace = services[name]["stop_grace_period"]  # compose normalises it: "35s" -> nanoseconds or text
+        seconds = grace / 1e9 if isinstance(grace, int | float) else float(str(grace).rstrip("s"))
+        assert seconds >= drain + graceful + 5, (name, seconds, drain, graceful)

@@ -10,7 +10,7 @@ import redis
 
 from app.domain.chaos import CHAOS_KEY, NO_FAULTS, ChaosControl
 from app.domain.errors import DependencyUnavailable, InvalidArgument
-from tests.unit.conftest import PrivateRedis
+from tests.conftest import PrivateRedis
 
 
 class Clocks:

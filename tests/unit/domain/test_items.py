@@ -15,8 +15,8 @@ from app.domain.items import CHANNEL, ITEM_PREFIX, ItemStore
 from app.domain.services import Services
 from app.settings import Settings
 from app.worker import build_services
-from tests.conftest import wait_until
-from tests.unit.conftest import Metrics, PrivateRedis
+from tests.conftest import PrivateRedis, wait_until
+from tests.unit.conftest import Metrics
 
 StoreFactory = Callable[..., ItemStore]
 

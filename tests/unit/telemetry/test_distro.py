@@ -204,3 +204,28 @@ def test_a_second_start_in_one_process_is_refused() -> None:
         """
     )
     assert "once per worker" in result["error"]
+
+
+def test_contrib_flask_instrumentation_covers_the_service_app_when_chosen(tmp_path: Path) -> None:
+    """The `stock` choice must really instrument the service's own app, even with app.http imported first
+    (as in a gunicorn master) and contrib's instrumentor replacing flask.Flask only in the worker."""
+    result = probe(
+        """
+        import app.http  # imported before telemetry starts, as gunicorn's master does
+        distro.start_worker()
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        spans = InMemorySpanExporter()
+        trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(spans))
+        from app.settings import load_settings
+        from app.worker import build_services
+        settings = load_settings({"APP_ENV": "dev", "DEV_SECRETS_FILE": os.environ["SECRETS"]})
+        service_app = app.http.create_app(settings, build_services(settings), instance_id="probe")
+        service_app.test_client().get("/openapi.json")
+        print(json.dumps([s.instrumentation_scope.name for s in spans.get_finished_spans()]))
+        """,
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="platform_flask",
+        OTEL_TRACES_SAMPLER="always_on",
+        SECRETS=str(tmp_path / "dev-secrets.json"),
+    )
+    assert result == ["opentelemetry.instrumentation.flask"]
