@@ -138,9 +138,11 @@ class Bench:
         for round_ in range(1, plan.rounds + 1):
             for variant in self._valid(plan.variants):
                 with self.serving(variant) as instance:
-                    for transport in transports_of(variant, plan.transports):
-                        warm = instance.warm_up(transport, plan.warmup_s)
-                        run = instance.full_speed(transport, plan.seconds, warm.rate)
+                    transports = transports_of(variant, plan.transports)
+                    # Warm-ups first, so that the measured runs follow one another (no settling between).
+                    warm = {t: instance.warm_up(t, plan.warmup_s) for t in transports}
+                    for transport in transports:
+                        run = instance.full_speed(transport, plan.seconds, warm[transport].rate)
                         self.results.throughput.append(run)
                         step = f"[throughput {round_}/{plan.rounds}] {variant} {transport}"
                         progress(f"{step}: {run.rate:,.0f} req/s")
@@ -156,8 +158,9 @@ class Bench:
             for variant in self._valid(plan.service_variants):
                 with self.serving(variant) as instance:
                     for transport in plan.transports:
-                        rate = self.results.fixed_rates[transport]
                         instance.warm_up(transport, plan.warmup_s)
+                    for transport in plan.transports:
+                        rate = self.results.fixed_rates[transport]
                         log = self.stack.workdir / f"latency-{variant}-{transport}.log"
                         run = instance.fixed_rate(transport, rate, plan.seconds, log)
                         self.results.latency.append(run)

@@ -36,21 +36,27 @@ def _grpc_ok(labels: dict[str, str]) -> bool:
 
 @dataclass(frozen=True)
 class ServedCounts:
-    """Requests the service counted as served well, and otherwise, per transport."""
+    """Requests the service counted as served well, and otherwise, per transport; `counted` names the
+    transports whose duration metric is on /metrics at all."""
 
     http_ok: float
     http_not_ok: float
     grpc_ok: float
     grpc_not_ok: float
+    counted: frozenset[str] = frozenset()
 
     @classmethod
     def from_metrics(cls, text: str) -> ServedCounts:
         http, grpc = f"{HTTP_DURATION}_count", f"{RPC_DURATION}_count"
+        present = families(text)
         return cls(
             http_ok=total(text, http, _http_ok),
             http_not_ok=total(text, http, lambda labels: not _http_ok(labels)),
             grpc_ok=total(text, grpc, _grpc_ok),
             grpc_not_ok=total(text, grpc, lambda labels: not _grpc_ok(labels)),
+            counted=frozenset(
+                t for t, family in (("http", HTTP_DURATION), ("grpc", RPC_DURATION)) if family in present
+            ),
         )
 
     def ok(self, transport: str) -> float:

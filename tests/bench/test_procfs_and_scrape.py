@@ -40,7 +40,7 @@ def test_rss_from_status() -> None:
 
 def test_served_counts_split_success_from_everything_else() -> None:
     counts = ServedCounts.from_metrics(METRICS)
-    assert counts == ServedCounts(http_ok=901, http_not_ok=3, grpc_ok=2000, grpc_not_ok=20)
+    assert counts == ServedCounts(901, 3, 2000, 20, counted=frozenset({"http", "grpc"}))
     assert (counts.ok("grpc"), counts.not_ok("http")) == (2000, 3)
 
 
@@ -52,4 +52,4 @@ def test_totals_and_families() -> None:
     )
     assert sampled == 91
     assert {"http_server_request_duration_seconds", "rpc_server_call_duration_seconds"} <= families(METRICS)
-    assert ServedCounts.from_metrics("") == ServedCounts(0, 0, 0, 0)
+    assert ServedCounts.from_metrics("") == ServedCounts(0, 0, 0, 0, counted=frozenset())
