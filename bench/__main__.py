@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
+    except SystemExit:  # SIGTERM or SIGHUP (exit_on_termination)
+        print("bench: stopped by a signal; everything it started is stopped", file=sys.stderr)
+        raise
     ctx = Context(
         command=shlex.join(["python", "-m", "bench", *argv]),
         date=date,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.processes import BenchFailure
+from bench.processes import BenchFailure, die_with_bench
 
 WRK_THREADS = 2
 H2LOAD_THREADS = 1
@@ -151,7 +151,7 @@ class H2load:
 def run(argv: list[str], parse: Callable[[str], LoadResult]) -> LoadResult:
     """Run a load generator to its end; the result carries its CPU time (from the kernel's accounting)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, preexec_fn=die_with_bench)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise BenchFailure(f"{argv[0]} exited with {done.returncode}:\n{done.stdout}{done.stderr}")

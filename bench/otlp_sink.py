@@ -103,9 +103,9 @@ class _Logs(_Counting, logs_grpc.LogsServiceServicer):
 def serve() -> None:
     received, lock = Received(), threading.Lock()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_grpc.add_TraceServiceServicer_to_server(_Traces(received, lock), server)  # type: ignore[no-untyped-call]
-    metrics_grpc.add_MetricsServiceServicer_to_server(_Metrics(received, lock), server)  # type: ignore[no-untyped-call]
-    logs_grpc.add_LogsServiceServicer_to_server(_Logs(received, lock), server)  # type: ignore[no-untyped-call]
+    trace_grpc.add_TraceServiceServicer_to_server(_Traces(received, lock), server)
+    metrics_grpc.add_MetricsServiceServicer_to_server(_Metrics(received, lock), server)
+    logs_grpc.add_LogsServiceServicer_to_server(_Logs(received, lock), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"port {port}", flush=True)

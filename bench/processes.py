@@ -32,7 +32,7 @@ class BenchFailure(Exception):
     """The run cannot be trusted (a refused request, a variant that is not what it claims): stop it."""
 
 
-def _die_with_bench() -> None:
+def die_with_bench() -> None:
     """In the child, before exec: SIGTERM when the bench goes away."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -106,7 +106,7 @@ class Children:
                 stdout=subprocess.PIPE if piped else log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=_die_with_bench,  # safe: the bench runs no threads
+                preexec_fn=die_with_bench,  # safe: the bench runs no threads
             )
         finally:
             log.close()
