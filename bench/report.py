@@ -27,60 +27,71 @@ class Target:
         return f"| {self.measure} | {self.target} | {self.value:.2f} | {met} |"
 
 
+def _at_least(bound: float) -> Callable[[float], bool]:
+    return lambda value: value >= bound
+
+
 def targets(results: Results) -> list[Target]:
-    rate = results.median_rate
-    found = [
-        Target(
+    """Each target: what is compared, the bound, numerator and denominator, and the test of their ratio."""
+    rate, rss = results.median_rate, results.mean_rss
+
+    def p99(variant: str, transport: Transport) -> float | None:
+        return _p(results, variant, transport, 99)
+
+    rows: list[tuple[str, str, float | None, float | None, Callable[[float], bool]]] = [
+        (
             "real read `off` / bare hello, HTTP",
             ">= 0.5",
-            ratio(rate(BASELINE, "http"), rate(BARE, "http")),
-            lambda v: v >= 0.5,
-        )
-    ]
-    for t in TRANSPORTS:
-        found.append(
-            Target(
+            rate(BASELINE, "http"),
+            rate(BARE, "http"),
+            _at_least(0.5),
+        ),
+        *[
+            (
                 f"shipped / off, real read, {LABEL[t]}",
                 ">= 0.85",
-                ratio(rate(SHIPPED, t), rate(BASELINE, t)),
-                lambda v: v >= 0.85,
+                rate(SHIPPED, t),
+                rate(BASELINE, t),
+                _at_least(0.85),
             )
-        )
-    found.append(
-        Target(
+            for t in TRANSPORTS
+        ],
+        (
             "shipped / stock, HTTP (stock swaps only the Flask instrumentation)",
             "> 1.0",
-            ratio(rate(SHIPPED, "http"), rate(STOCK, "http")),
+            rate(SHIPPED, "http"),
+            rate(STOCK, "http"),
             lambda v: v > 1.0,
-        )
-    )
-    for t in TRANSPORTS:
-        found.append(
-            Target(
+        ),
+        *[
+            (
                 f"shipped-endpoint-down / shipped, {LABEL[t]}",
                 ">= 0.95",
-                ratio(rate(DOWN, t), rate(SHIPPED, t)),
-                lambda v: v >= 0.95,
+                rate(DOWN, t),
+                rate(SHIPPED, t),
+                _at_least(0.95),
             )
-        )
-    found.append(
-        Target(
+            for t in TRANSPORTS
+        ],
+        (
             "RSS per worker, endpoint down / up",
             "within 10% (0.90 to 1.10)",
-            ratio(results.mean_rss(DOWN), results.mean_rss(SHIPPED)),
+            rss(DOWN),
+            rss(SHIPPED),
             lambda v: 0.9 <= v <= 1.1,
-        )
-    )
-    for t in TRANSPORTS:
-        found.append(
-            Target(
+        ),
+        *[
+            (
                 f"p99 at half load, shipped / off, {LABEL[t]}",
                 "<= 1.3",
-                ratio(_p(results, SHIPPED, t, 99), _p(results, BASELINE, t, 99)),
+                p99(SHIPPED, t),
+                p99(BASELINE, t),
                 lambda v: v <= 1.3,
             )
-        )
-    return found
+            for t in TRANSPORTS
+        ],
+    ]
+    return [Target(measure, bound, ratio(a, b), met) for measure, bound, a, b, met in rows]
 
 
 def _p(results: Results, variant: str, transport: Transport, p: float) -> float | None:
