@@ -66,7 +66,12 @@ def parse_options(argv: list[str]) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help=f"short runs: {QUICK}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK.seconds:g} s runs, {QUICK.warmup:g} s warm-ups, {QUICK.rounds} round, "
+        f"{QUICK.rss_requests:,} requests before RSS (a few minutes in all; the defaults take ~30)",
+    )
     parser.add_argument("--seconds", type=float, help=f"each measured run (default {FULL.seconds:g})")
     parser.add_argument("--warmup", type=float, help=f"warm-up before each run (default {FULL.warmup:g})")
     parser.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL.rounds})")

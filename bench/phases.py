@@ -137,8 +137,10 @@ class Bench:
         plan = self.plan
         for round_ in range(1, plan.rounds + 1):
             for variant in self._valid(plan.variants):
+                transports = transports_of(variant, plan.transports)
+                if not transports:
+                    continue  # the bare app with gRPC alone
                 with self.serving(variant) as instance:
-                    transports = transports_of(variant, plan.transports)
                     # Warm-ups first, so that the measured runs follow one another (no settling between).
                     warm = {t: instance.warm_up(t, plan.warmup_s) for t in transports}
                     for transport in transports:
