@@ -30,8 +30,9 @@ ALGORITHM = "EdDSA"
 LEEWAY_S = 5
 MAX_TTL_S = 86_400
 MAX_HEADER_CHARS = 8192  # bigger headers are refused before any parsing
-SUBJECT_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
-SCOPE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Used with fullmatch: Python's $ would also match before a trailing newline.
+SUBJECT_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+SCOPE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_SCOPES = 32
 VERIFIED_CACHE_SIZE = 4096
 _INVALID = "invalid or expired token"
@@ -75,7 +76,7 @@ class Authenticator:
         if isinstance(exp, bool) or not isinstance(exp, int | float) or self._clock() >= exp + LEEWAY_S:
             raise Unauthenticated(_INVALID)
         subject, scope = claims.get("sub"), claims.get("scope")
-        if not isinstance(subject, str) or not SUBJECT_RE.match(subject) or not isinstance(scope, str):
+        if not isinstance(subject, str) or not SUBJECT_RE.fullmatch(subject) or not isinstance(scope, str):
             raise Unauthenticated(_INVALID)
         principal = Principal(subject=subject, scopes=frozenset(scope.split()))
         with self._lock:
@@ -88,10 +89,10 @@ class Authenticator:
 
     def mint(self, subject: str, scopes: Iterable[str], ttl_s: int) -> str:
         """A signed token for `subject` with `scopes`, valid for `ttl_s` seconds (1..86400)."""
-        if not isinstance(subject, str) or not SUBJECT_RE.match(subject):
+        if not isinstance(subject, str) or not SUBJECT_RE.fullmatch(subject):
             raise InvalidArgument("must be 1 to 128 of A-Z a-z 0-9 . _ : @ -", field="subject")
         wanted = sorted(set(scopes))
-        if len(wanted) > MAX_SCOPES or not all(isinstance(s, str) and SCOPE_RE.match(s) for s in wanted):
+        if len(wanted) > MAX_SCOPES or not all(isinstance(s, str) and SCOPE_RE.fullmatch(s) for s in wanted):
             raise InvalidArgument(f"at most {MAX_SCOPES} scopes of A-Z a-z 0-9 . _ : -", field="scopes")
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
             raise InvalidArgument(f"must be an integer from 1 to {MAX_TTL_S}", field="ttl_s")

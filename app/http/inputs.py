@@ -7,6 +7,7 @@ import binascii
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import BadRequest
 
 from app.domain.errors import InvalidArgument
 
@@ -16,7 +17,12 @@ _MISSING = object()
 def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise InvalidArgument("body must be JSON (Content-Type: application/json)", field="body")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json()
+    except BadRequest:  # not JSON: bad syntax, bad encoding, an integer beyond Python's 4300 digits
+        raise InvalidArgument("body is not valid JSON", field="body") from None
+    except RecursionError:  # the parser gives up around a thousand levels; values allow far fewer anyway
+        raise InvalidArgument("body is nested too deeply", field="body") from None
     if not isinstance(data, dict):
         raise InvalidArgument("body must be a JSON object", field="body")
     return data
