@@ -2,7 +2,8 @@
 
 Verification accepts exactly one algorithm, EdDSA, so "alg: none" and HS256 tokens forged with the
 public key as an HMAC secret are refused before any key is used. Tokens must carry exp, sub, scope and
-aud; 5 s of leeway absorbs clock skew between issuers and workers. Every failure says the same thing and
+aud; a token whose nbf or iat lies in the future is refused too; 5 s of leeway absorbs clock skew
+between issuers and workers, on all three. Every failure says the same thing and
 never echoes the token.
 
 Verifying a signature costs ~130 us of CPU, more than the rest of a small request; a caller presents
@@ -67,6 +68,9 @@ class Authenticator:
                 self._public_key,
                 algorithms=[ALGORITHM],
                 audience=self._audience,
+                # nbf and iat: PyJWT refuses a token not valid yet, or issued in the future, past this
+                # leeway (without it, an issuer's clock 1 s ahead would make its tokens fail at first).
+                leeway=LEEWAY_S,
                 options={"require": ["exp", "sub", "scope", "aud"], "verify_exp": False},
             )
         except jwt.PyJWTError:
