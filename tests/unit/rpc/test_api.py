@@ -293,7 +293,7 @@ def raw_call(stack: RpcStack, method: str, payload: bytes, metadata: Any) -> grp
 
 def nested_list_value(depth: int) -> bytes:
     """A google.protobuf.Value of `depth` nested lists, serialized by hand past protobuf's own limit."""
-    value = struct_pb2.Value(bool_value=True).SerializeToString()
+    value: bytes = struct_pb2.Value(bool_value=True).SerializeToString()
     for _ in range(depth):
         inner = b"\x0a" + _varint(len(value)) + value  # ListValue.values (field 1)
         value = b"\x32" + _varint(len(inner)) + inner  # Value.list_value (field 6)
