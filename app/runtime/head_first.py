@@ -199,8 +199,19 @@ class HeadFirstThreadWorker(ThreadWorker):  # type: ignore[misc]
             head.conn.sock.send(problem_response(status, title, detail))
         self._drop(head)
 
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        keepalive = super().handle_request(req, conn)
+        req.platform_answered = True  # a response went out: see handle_error
+        return keepalive
+
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """Parse errors as problem+json (module docstring); anything else is gunicorn's bare 500."""
+        if getattr(req, "platform_answered", False):
+            # The app answered without reading the whole body, and draining the rest for keep-alive
+            # found it malformed (a bad chunk): gunicorn would write a second response after the first.
+            # The connection is closed instead, which is all a client can be told now.
+            self.log.debug("malformed body after the response; closing (%s)", type(exc).__name__)
+            return
         known = classify(exc)
         if known is None:
             super().handle_error(req, client, addr, exc)
