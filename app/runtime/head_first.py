@@ -93,9 +93,12 @@ def classify(exc: BaseException) -> tuple[int, str, str] | None:
     return None
 
 
-def _head_complete(buffered: bytes | bytearray) -> bool:
+def _head_size(buffered: bytes | bytearray) -> int | None:
+    """Bytes up to the end of the first request head in `buffered`; None while it is incomplete."""
     # Empty lines before the request line are allowed (RFC 9112 section 2.2) and are not its end.
-    return _END_OF_HEAD in buffered.lstrip(b"\r\n")
+    start = len(buffered) - len(buffered.lstrip(b"\r\n"))
+    end = buffered.find(_END_OF_HEAD, start)
+    return None if end < 0 else end + len(_END_OF_HEAD)
 
 
 class _Head:
@@ -125,7 +128,8 @@ class HeadFirstThreadWorker(ThreadWorker):  # type: ignore[misc]
             return
         # A kept-alive connection may hold bytes the last request read ahead (pipelining).
         buffered = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
-        if _head_complete(buffered):
+        size = _head_size(buffered)
+        if size is not None and size <= self.head_max_bytes:
             self._dispatch(conn, buffered)
             return
         conn.sock.setblocking(False)
@@ -153,7 +157,8 @@ class HeadFirstThreadWorker(ThreadWorker):  # type: ignore[misc]
             self._drop(head)
             return
         head.buffer += data
-        if _head_complete(head.buffer):
+        size = _head_size(head.buffer)
+        if size is not None and size <= self.head_max_bytes:
             self._forget(head)
             self._dispatch(head.conn, bytes(head.buffer))
         elif len(head.buffer) > self.head_max_bytes:
