@@ -70,6 +70,12 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": math.ceil(settings.drain_delay_s + settings.graceful_timeout_s),
             "timeout": 30,
             "keepalive": 5,
+            # Request heads (docs/reliability.md, "Limits"): gunicorn's defaults, stated. Past them the
+            # worker answers 414 / 431 problem+json (app.runtime.head_first), which also caps a whole
+            # head at 32 KiB and its arrival at 10 s.
+            "limit_request_line": 4094,
+            "limit_request_fields": 100,
+            "limit_request_field_size": 8190,
             "proc_name": f"platform-{role.name}",
             # Access lines come from the app, inside the request's span (app.http.access_log).
             "accesslog": None,

@@ -25,7 +25,7 @@ from app.http import access_log, edge, inputs, problems
 from app.http.health import healthz, metrics
 from app.settings import Settings
 
-SYMBOL_RE = re.compile(r"^[A-Z]{1,8}$")
+SYMBOL_RE = re.compile(r"[A-Z]{1,8}")  # fullmatch
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def create_upstream_app(settings: Settings, *, instance_id: str | None = None) -
 
     @app.get("/v1/quotes/<symbol>")
     def quote(symbol: str) -> Response:
-        if not SYMBOL_RE.match(symbol):
+        if not SYMBOL_RE.fullmatch(symbol):
             raise InvalidArgument("symbol must be 1 to 8 capital letters", field="symbol")
         state = faults.get()
         if state.latency_ms:

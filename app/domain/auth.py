@@ -2,7 +2,8 @@
 
 Verification accepts exactly one algorithm, EdDSA, so "alg: none" and HS256 tokens forged with the
 public key as an HMAC secret are refused before any key is used. Tokens must carry exp, sub, scope and
-aud; 5 s of leeway absorbs clock skew between issuers and workers. Every failure says the same thing and
+aud; a token whose nbf or iat lies in the future is refused too; 5 s of leeway absorbs clock skew
+between issuers and workers, on all three. Every failure says the same thing and
 never echoes the token.
 
 Verifying a signature costs ~130 us of CPU, more than the rest of a small request; a caller presents
@@ -30,8 +31,9 @@ ALGORITHM = "EdDSA"
 LEEWAY_S = 5
 MAX_TTL_S = 86_400
 MAX_HEADER_CHARS = 8192  # bigger headers are refused before any parsing
-SUBJECT_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
-SCOPE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Used with fullmatch: Python's $ would also match before a trailing newline.
+SUBJECT_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+SCOPE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_SCOPES = 32
 VERIFIED_CACHE_SIZE = 4096
 _INVALID = "invalid or expired token"
@@ -66,6 +68,9 @@ class Authenticator:
                 self._public_key,
                 algorithms=[ALGORITHM],
                 audience=self._audience,
+                # nbf and iat: PyJWT refuses a token not valid yet, or issued in the future, past this
+                # leeway (without it, an issuer's clock 1 s ahead would make its tokens fail at first).
+                leeway=LEEWAY_S,
                 options={"require": ["exp", "sub", "scope", "aud"], "verify_exp": False},
             )
         except jwt.PyJWTError:
@@ -75,7 +80,7 @@ class Authenticator:
         if isinstance(exp, bool) or not isinstance(exp, int | float) or self._clock() >= exp + LEEWAY_S:
             raise Unauthenticated(_INVALID)
         subject, scope = claims.get("sub"), claims.get("scope")
-        if not isinstance(subject, str) or not SUBJECT_RE.match(subject) or not isinstance(scope, str):
+        if not isinstance(subject, str) or not SUBJECT_RE.fullmatch(subject) or not isinstance(scope, str):
             raise Unauthenticated(_INVALID)
         principal = Principal(subject=subject, scopes=frozenset(scope.split()))
         with self._lock:
@@ -88,10 +93,10 @@ class Authenticator:
 
     def mint(self, subject: str, scopes: Iterable[str], ttl_s: int) -> str:
         """A signed token for `subject` with `scopes`, valid for `ttl_s` seconds (1..86400)."""
-        if not isinstance(subject, str) or not SUBJECT_RE.match(subject):
+        if not isinstance(subject, str) or not SUBJECT_RE.fullmatch(subject):
             raise InvalidArgument("must be 1 to 128 of A-Z a-z 0-9 . _ : @ -", field="subject")
         wanted = sorted(set(scopes))
-        if len(wanted) > MAX_SCOPES or not all(isinstance(s, str) and SCOPE_RE.match(s) for s in wanted):
+        if len(wanted) > MAX_SCOPES or not all(isinstance(s, str) and SCOPE_RE.fullmatch(s) for s in wanted):
             raise InvalidArgument(f"at most {MAX_SCOPES} scopes of A-Z a-z 0-9 . _ : -", field="scopes")
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
             raise InvalidArgument(f"must be an integer from 1 to {MAX_TTL_S}", field="ttl_s")

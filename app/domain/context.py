@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, replace
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# fullmatch, never match with ^...$: Python's $ also matches before a trailing newline.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ def current() -> RequestContext:
 
 def accept_request_id(candidate: str | None) -> str:
     """Keep a caller's request id if it is well formed, otherwise make one (never trust it into logs raw)."""
-    if candidate and REQUEST_ID_RE.match(candidate):
+    if candidate and REQUEST_ID_RE.fullmatch(candidate):
         return candidate
     return uuid.uuid4().hex
 

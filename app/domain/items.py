@@ -53,11 +53,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+KEY_PATTERN = r"[A-Za-z0-9._:-]{1,128}"  # also the OpenAPI pattern (anchored there)
+KEY_RE = re.compile(KEY_PATTERN)  # fullmatch: Python's $ also matches before a trailing newline
 ITEM_PREFIX = "platform:item:"
 CHANNEL = "platform:items:invalidate"
 MAX_TTL_S = 31_536_000
 MAX_VALUE_BYTES = 1024 * 1024
+# Containers (arrays, objects) nested in a value, at most. Deep enough for any real document, shallow
+# enough that every value round-trips over gRPC too: protobuf parses at most 100 nested messages, and a
+# JSON object costs 3 of them (Value -> Struct -> map entry), so 32 levels fit with room for the envelope.
+MAX_VALUE_DEPTH = 32
 CACHEABLE_MAX_BYTES = 64 * 1024  # bigger values are served from Redis only, to bound the cache's memory
 RECENT_INVALIDATIONS = 4096
 LISTEN_POLL_S = 0.25
@@ -195,11 +200,17 @@ class ItemStore:
             raise InvalidArgument(
                 "must be a non-negative integer (0: the item must not exist)", field="if_version"
             )
+        _check_depth(value)
         try:
             encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError, RecursionError):
             raise InvalidArgument("must be a JSON value (no NaN or Infinity)", field="value") from None
-        size = len(encoded.encode())
+        try:
+            size = len(encoded.encode())
+        except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
+            raise InvalidArgument(
+                "strings must be valid Unicode (no lone surrogates)", field="value"
+            ) from None
         if size > MAX_VALUE_BYTES:
             raise PayloadTooLarge(f"must be at most {MAX_VALUE_BYTES} bytes as JSON", field="value")
         generation = self._seq
@@ -337,8 +348,20 @@ class ItemStore:
 
 
 def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not KEY_RE.match(key):
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise InvalidArgument("must be 1 to 128 of A-Z a-z 0-9 . _ : -", field="key")
+
+
+def _check_depth(value: JSON) -> None:
+    """InvalidArgument past MAX_VALUE_DEPTH nested containers; iterative, so any depth is safe to check."""
+    stack: list[tuple[JSON, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list | tuple):
+            if depth >= MAX_VALUE_DEPTH:
+                raise InvalidArgument(f"must nest at most {MAX_VALUE_DEPTH} arrays or objects", field="value")
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _ceil_s(ttl_ms: int | None) -> int | None:

@@ -31,7 +31,8 @@ from app.resilience.retry import RetryPolicy
 from app.settings import Settings
 from app.telemetry.gauges import Reading, shared_gauge
 
-SYMBOL_RE = re.compile(r"^[A-Z]{1,8}$")
+SYMBOL_PATTERN = r"[A-Z]{1,8}"  # also the OpenAPI pattern (anchored there)
+SYMBOL_RE = re.compile(SYMBOL_PATTERN)  # fullmatch: Python's $ matches before a trailing newline
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 MAX_BODY_BYTES = 16 * 1024
 LAST_GOOD_MAX, LAST_GOOD_TTL_S = 4096, 3600.0
@@ -108,7 +109,7 @@ class QuoteService:
 
     def get(self, symbol: str, *, deadline_s: float | None = None) -> Quote:
         """The quote, within the configured deadline or the caller's `deadline_s`, whichever ends first."""
-        if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+        if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
             raise InvalidArgument("must be 1 to 8 capital letters A-Z", field="symbol")
         started = time.monotonic()
         with self._tracer.start_as_current_span(

@@ -4,19 +4,37 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from app.domain.errors import InvalidArgument
 
+log = logging.getLogger(__name__)
 _MISSING = object()
 
 
 def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise InvalidArgument("body must be JSON (Content-Type: application/json)", field="body")
-    data = request.get_json(silent=True)
+    try:
+        request.get_data(cache=True)
+    except HTTPException:
+        raise  # 413 past MAX_CONTENT_LENGTH, answered by problems.py
+    except Exception as exc:
+        # The body's framing broke while it was read: a bad chunk, a client gone or too slow. The WSGI
+        # server raises its own types for these (gunicorn: its ParseException subclasses), which this
+        # adapter does not name; whatever they are, the client sent a body that cannot be read.
+        log.info("request body unreadable: %s", type(exc).__name__)
+        raise InvalidArgument("the body could not be read (malformed or incomplete)", field="body") from None
+    try:
+        data = request.get_json()
+    except BadRequest:  # not JSON: bad syntax, bad encoding, an integer beyond Python's 4300 digits
+        raise InvalidArgument("body is not valid JSON", field="body") from None
+    except RecursionError:  # the parser gives up around a thousand levels; values allow far fewer anyway
+        raise InvalidArgument("body is nested too deeply", field="body") from None
     if not isinstance(data, dict):
         raise InvalidArgument("body must be a JSON object", field="body")
     return data

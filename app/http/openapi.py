@@ -1,4 +1,10 @@
-"""OpenAPI 3.1 description of the HTTP API, served at /openapi.json; a test checks it against the routes."""
+"""OpenAPI 3.1 description of the HTTP API, served at /openapi.json.
+
+Every bound a request body has is taken from the constant the domain validates with (app.domain.*), so the
+document and the API cannot drift apart; tests/unit/http/test_openapi_agrees.py sends bodies the schemas
+allow (they must not fail on a schema rule) and bodies they forbid (they must get 400), and another test
+checks the document against the routes.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,35 @@ from functools import cache
 from typing import Any
 
 from app import __version__
+from app.domain import chaos, compute, crypto, items, quotes
 
 B64 = {"type": "string", "contentEncoding": "base64"}
+_B64_CHAR = "[A-Za-z0-9+/]"
+
+
+def b64_bytes(low: int, high: int) -> dict[str, Any]:
+    """Standard base64 (padded) of `low` to `high` bytes, as an exact pattern: the decoded length is what the
+    API bounds, and a string length alone cannot say it (12 characters are 7, 8 or 9 bytes)."""
+    choices = []
+    for rest, tail in ((0, ""), (1, f"{_B64_CHAR}{{2}}=="), (2, f"{_B64_CHAR}{{3}}=")):
+        fewest, most = max(0, -(-(low - rest) // 3)), (high - rest) // 3
+        if most >= fewest:
+            choices.append(f"(?:{_B64_CHAR}{{4}}){{{fewest},{most}}}{tail}")
+    return {**B64, "pattern": f"^(?:{'|'.join(choices)})$", "description": f"{low} to {high} bytes"}
+
+
+def optional(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field: null means absent, as the API reads it."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def int_range(low: int, high: int | None = None) -> dict[str, Any]:
+    bounds: dict[str, Any] = {"type": "integer", "minimum": low}
+    if high is not None:
+        bounds["maximum"] = high
+    return bounds
+
+
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 
 
@@ -58,14 +91,44 @@ QUOTE = _obj(
     as_of={"type": "number"},
     stale={"type": "boolean", "description": "served from the last good value: upstream failing"},
 )
-CHAOS = _obj(
-    [],
-    redis_error_rate={"type": "number", "minimum": 0, "maximum": 1},
-    loop_block_ms={"type": "integer", "minimum": 0, "maximum": 5000},
-    gil_block_ms={"type": "integer", "minimum": 0, "maximum": 5000},
-    ttl_s={"type": "integer", "minimum": 1, "maximum": 3600},
-    reset={"type": "boolean"},
-)
+CHAOS = {
+    **_obj(
+        [],
+        redis_error_rate={"type": "number", "minimum": 0, "maximum": 1},
+        loop_block_ms=int_range(0, chaos.MAX_BLOCK_MS),
+        gil_block_ms=int_range(0, chaos.MAX_BLOCK_MS),
+        ttl_s=int_range(1, chaos.MAX_TTL_S),
+        reset={"type": "boolean"},
+    ),
+    "additionalProperties": False,
+}
+SCRYPT_N = [2**i for i in range(1, 16)]
+HASH_PARAMS = {
+    "scrypt": {
+        "type": "object",
+        "properties": {"n": {"enum": SCRYPT_N}, "r": int_range(1, 16), "p": int_range(1, 4)},
+        "additionalProperties": False,
+        "description": "scrypt needs 128 * r * (n + p + 2) bytes, which must stay under 64 MiB",
+    },
+    "pbkdf2": {
+        "type": "object",
+        "properties": {"iterations": int_range(1, compute.PBKDF2_DEFAULTS["iterations"])},
+        "additionalProperties": False,
+    },
+}
+HASH_BODY = {
+    **_obj(
+        ["password"],
+        password=b64_bytes(1, compute.PASSWORD_MAX_BYTES),
+        salt=optional(b64_bytes(compute.SALT_MIN_BYTES, compute.SALT_MAX_BYTES)),
+        algorithm={"enum": list(compute.ALGORITHMS), "default": compute.ALGORITHMS[0]},
+        params={"type": ["object", "null"]},
+    ),
+    # The cost parameters depend on the algorithm (scrypt when none is given).
+    "if": {"properties": {"algorithm": {"const": "pbkdf2"}}, "required": ["algorithm"]},
+    "then": {"properties": {"params": optional(HASH_PARAMS["pbkdf2"])}},
+    "else": {"properties": {"params": optional(HASH_PARAMS["scrypt"])}},
+}
 
 
 @cache
@@ -100,12 +163,17 @@ def openapi_document() -> dict[str, Any]:
                     ok=ITEM,
                     body=_obj(
                         ["value"],
-                        value={},
-                        ttl_s={"type": "integer", "minimum": 1},
-                        if_version={
-                            "type": "integer",
-                            "description": "409 unless the stored version matches",
+                        value={
+                            "description": f"any JSON value: at most {items.MAX_VALUE_BYTES} bytes as JSON, "
+                            f"{items.MAX_VALUE_DEPTH} nested arrays or objects, no lone surrogates"
                         },
+                        ttl_s=optional(int_range(1, items.MAX_TTL_S)),
+                        if_version=optional(
+                            {
+                                **int_range(0),
+                                "description": "409 unless the stored version matches (0: must not exist)",
+                            }
+                        ),
                     ),
                 ),
                 "delete": _op("Delete an item", scope="write", ok_status="204"),
@@ -114,7 +182,11 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op(
                     "AES-256-GCM encrypt",
                     scope="write",
-                    body=_obj(["plaintext"], plaintext=B64, aad=B64),
+                    body=_obj(
+                        ["plaintext"],
+                        plaintext=b64_bytes(0, crypto.MAX_PLAINTEXT_BYTES),
+                        aad=optional(b64_bytes(0, crypto.MAX_AAD_BYTES)),
+                    ),
                     ok=_obj(
                         ["key_id", "nonce", "ciphertext"],
                         key_id={"type": "string"},
@@ -129,10 +201,13 @@ def openapi_document() -> dict[str, Any]:
                     scope="write",
                     body=_obj(
                         ["key_id", "nonce", "ciphertext"],
-                        key_id={"type": "string"},
-                        nonce=B64,
-                        ciphertext=B64,
-                        aad=B64,
+                        key_id={"type": "string", "description": "one of the configured keys"},
+                        nonce=b64_bytes(crypto.NONCE_BYTES, crypto.NONCE_BYTES),
+                        ciphertext={
+                            **b64_bytes(crypto.TAG_BYTES, crypto.MAX_PLAINTEXT_BYTES + crypto.TAG_BYTES),
+                            "description": "what encrypt returned; 400 when it does not decrypt",
+                        },
+                        aad=optional(b64_bytes(0, crypto.MAX_AAD_BYTES)),
                     ),
                     ok=_obj(["plaintext"], plaintext=B64),
                 )
@@ -141,7 +216,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op(
                     "Ed25519 sign",
                     scope="write",
-                    body=_obj(["message"], message=B64),
+                    body=_obj(["message"], message=b64_bytes(0, crypto.MAX_MESSAGE_BYTES)),
                     ok=_obj(["signature", "public_key"], signature=B64, public_key=B64),
                 )
             },
@@ -149,7 +224,12 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op(
                     "Ed25519 verify",
                     scope="write",
-                    body=_obj(["message", "signature"], message=B64, signature=B64, public_key=B64),
+                    body=_obj(
+                        ["message", "signature"],
+                        message=b64_bytes(0, crypto.MAX_MESSAGE_BYTES),
+                        signature=b64_bytes(crypto.SIGNATURE_BYTES, crypto.SIGNATURE_BYTES),
+                        public_key=optional(b64_bytes(crypto.PUBLIC_KEY_BYTES, crypto.PUBLIC_KEY_BYTES)),
+                    ),
                     ok=_obj(["valid"], valid={"type": "boolean"}),
                 )
             },
@@ -157,13 +237,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op(
                     "Password hash (scrypt or PBKDF2, bounded cost) in the worker pool",
                     scope="write",
-                    body=_obj(
-                        ["password"],
-                        password=B64,
-                        salt=B64,
-                        algorithm={"enum": ["scrypt", "pbkdf2"]},
-                        params={"type": "object", "additionalProperties": {"type": "integer"}},
-                    ),
+                    body=HASH_BODY,
                     ok=_obj(
                         ["algorithm", "salt", "digest", "params"],
                         algorithm={"type": "string"},
@@ -177,7 +251,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op(
                     "Count primes up to a bounded limit, in the worker pool",
                     scope="write",
-                    body=_obj(["limit"], limit={"type": "integer", "minimum": 2}),
+                    body=_obj(["limit"], limit=int_range(compute.PRIMES_MIN, compute.PRIMES_MAX)),
                     ok=_obj(["limit", "count"], limit={"type": "integer"}, count={"type": "integer"}),
                 )
             },
@@ -208,13 +282,13 @@ def openapi_document() -> dict[str, Any]:
                     "name": "key",
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                    "schema": {"type": "string", "pattern": f"^{items.KEY_PATTERN}$"},
                 },
                 "symbol": {
                     "name": "symbol",
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "pattern": "^[A-Z]{1,8}$"},
+                    "schema": {"type": "string", "pattern": f"^{quotes.SYMBOL_PATTERN}$"},
                 },
             },
             "responses": {

@@ -38,11 +38,12 @@ from types import MappingProxyType
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import metrics, trace
 
 from app.domain import context as request_context
 from app.domain.edge import EdgePolicy
-from app.domain.errors import DomainError
+from app.domain.errors import DomainError, InvalidArgument
 from app.rpc.ports import RpcServices
 from app.rpc.status import INTERNAL_DETAILS, code_for, message_for, trailers_for
 from app.telemetry.buckets import DURATION_BUCKETS_S
@@ -87,17 +88,56 @@ _SERVER_FAULTS = frozenset(
 )
 
 Behavior = Callable[[Any, Any], Any]
+Deserializer = Callable[[bytes], Any]
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message, until admission has run.
+
+    grpc would answer such a request UNKNOWN, with protobuf's exception in the details, before any
+    interceptor code runs. Parsing into this instead lets the call be admitted first (a caller without a
+    token learns nothing about the request format) and then fail INVALID_ARGUMENT like any bad input.
+    """
+
+    __slots__ = ("detail",)
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(self.detail, field="request")
+
+
+def _tolerant(deserialize: Deserializer | None, message_name: str) -> Deserializer | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            text = str(exc)
+            if "UTF-8" in text:
+                why = "a string field is not valid UTF-8"
+            elif "Max" in text or "depth" in text.lower() or "recursion" in text.lower():
+                why = "messages are nested more than 100 deep"
+            else:
+                why = "the wire format is corrupt"
+            return Undecodable(f"not a valid {message_name}: {why}")
+
+    return parse
 
 
 class _Method:
     """What the interceptor knows about one RPC, computed once: scope and metric attributes per code."""
 
-    __slots__ = ("attributes", "full_name", "name", "scope")
+    __slots__ = ("attributes", "full_name", "name", "request_type", "scope")
 
     def __init__(self, name: str, scope: str) -> None:
         self.name = name
         self.scope = scope
         self.full_name = f"/{SERVICE_NAME}/{name}"
+        self.request_type = f"{SERVICE_NAME.rpartition('.')[0]}.{name}Request"
         self.attributes: dict[grpc.StatusCode, dict[str, str | int]] = {
             code: {
                 "rpc.system": "grpc",
@@ -155,15 +195,16 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if inner.request_streaming:
             # Fail closed: an RPC shape this interceptor cannot guard must not be served unguarded.
             raise RuntimeError(f"{method.full_name}: client-streaming RPCs are not supported")
+        deserializer = _tolerant(inner.request_deserializer, method.request_type)
         if inner.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
                 self._guard_stream(inner.unary_stream, method),
-                request_deserializer=inner.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=inner.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
             self._guard_unary(inner.unary_unary, method),
-            request_deserializer=inner.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=inner.response_serializer,
         )
 
@@ -173,6 +214,8 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code = grpc.StatusCode.OK
             try:
                 await self._admit(context, method)
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 return await behavior(request, context)
             except DomainError as err:
                 code = self._reject(context, err)
@@ -197,6 +240,8 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code = grpc.StatusCode.OK
             try:
                 await self._admit(context, method)
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 async with aclosing(behavior(request, context)) as responses:
                     async for response in responses:
                         yield response
@@ -219,12 +264,15 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def _admit(self, context: grpc.aio.ServicerContext, method: _Method) -> None:
         request_id: str | None = None
-        authorization: str | None = None
+        credentials: list[str] = []
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_KEY:
                 request_id = value
             elif key == AUTHORIZATION_KEY:
-                authorization = value
+                credentials.append(value)
+        # Repeated, they are joined as an HTTP server joins repeated fields ("a, b"), which no bearer
+        # scheme parses: two credentials are refused, as over HTTP, instead of one silently winning.
+        authorization = ", ".join(credentials) if credentials else None
         # Not ended afterwards on purpose: grpc.aio runs each RPC in its own task, whose context ends
         # with the call; a reset from a generator closed later, in another task, would fail.
         EdgePolicy.begin("grpc", request_id)

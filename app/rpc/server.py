@@ -34,6 +34,11 @@ MAX_CONCURRENT_RPCS = 1024
 MAX_CONNECTION_AGE_MS = 300_000
 MAX_CONNECTION_AGE_GRACE_MS = 30_000
 START_TIMEOUT_S = 10.0
+# All of a call's metadata together, at most. grpc's default is a soft limit of 8 KiB and a hard one of
+# 16 KiB, and between the two it refuses a random share of calls; one limit makes the answer
+# deterministic: RESOURCE_EXHAUSTED past it. A bearer token may be 8 KiB (app.domain.auth), so 16 KiB
+# leaves room for the rest.
+MAX_METADATA_BYTES = 16 * 1024
 
 
 class GrpcBindError(RuntimeError):
@@ -170,6 +175,8 @@ class GrpcServer:
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
                 ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
             ],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import mmap
 from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from app.runtime.head_first import HeadFirstThreadWorker
 
 FREE = -1
 GATED_POLL_S = 0.02
@@ -59,8 +59,11 @@ class ConnectionBoard:
         return min(others) if others else None
 
 
-class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread with an accept gate; needs `worker.app.board` and `worker.slot` (app.gunicorn_server)."""
+class BalancedThreadWorker(HeadFirstThreadWorker):
+    """gthread with an accept gate; needs `worker.app.board` and `worker.slot` (app.gunicorn_server).
+
+    Heads are read by the event loop and errors answered as problem+json (app.runtime.head_first).
+    """
 
     slot: int
     _configured_connections = 1000

@@ -249,7 +249,9 @@ class _FlaskTelemetry:
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.scheme": state.scheme,
-            "url.path": environ.get("PATH_INFO", "") or "/",
+            # Client-sent text, scrubbed like the access line (a token pasted into a path or a
+            # User-Agent must not reach a span); a cheap pre-check keeps this off the hot path.
+            "url.path": redact_text(environ.get("PATH_INFO", "") or "/"),
             "network.protocol.version": state.protocol,
         }
         if method == "_OTHER":
@@ -265,7 +267,7 @@ class _FlaskTelemetry:
         if remote := environ.get("REMOTE_ADDR"):
             attributes["client.address"] = remote
         if agent := environ.get("HTTP_USER_AGENT"):
-            attributes["user_agent.original"] = agent
+            attributes["user_agent.original"] = redact_text(agent)
         if self._capture_request_headers:
             attributes.update(collect_custom_request_headers_attributes(environ))
         parent = None

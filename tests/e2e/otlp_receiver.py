@@ -41,6 +41,7 @@ class Received:
     spans: list[Span] = field(default_factory=list)
     metrics: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (resource, metric name)
     logs: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # every export request as received, all signals
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -66,6 +67,7 @@ class _Trace(trace_grpc.TraceServiceServicer):
                                 s.status.code,
                             )
                         )
+            self.rx.raw.append(request.SerializeToString())
         return trace_pb.ExportTraceServiceResponse()
 
 
@@ -80,6 +82,7 @@ class _Metrics(metrics_grpc.MetricsServiceServicer):
                 for sm in rm.scope_metrics:
                     for m in sm.metrics:
                         self.rx.metrics.append((res, m.name))
+            self.rx.raw.append(request.SerializeToString())
         return metrics_pb.ExportMetricsServiceResponse()
 
 
@@ -95,6 +98,7 @@ class _Logs(logs_grpc.LogsServiceServicer):
                     for r in sl.log_records:
                         body = r.body.string_value
                         self.rx.logs.append((res, r.trace_id.hex(), body, attrs(r.attributes)))
+            self.rx.raw.append(request.SerializeToString())
         return logs_pb.ExportLogsServiceResponse()
 
 

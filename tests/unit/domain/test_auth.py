@@ -135,6 +135,51 @@ def test_hs256_forged_with_the_public_key_is_refused(auth: Authenticator, settin
             auth.authenticate(f"Bearer {token}")
 
 
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+def test_a_token_from_the_future_is_refused_beyond_the_leeway(
+    auth: Authenticator, settings: Settings, claim: str
+) -> None:
+    def signed(offset_s: int) -> str:
+        claims = valid_claims(settings, **{claim: int(time.time()) + offset_s})
+        return jwt.encode(claims, settings.auth_private_key, algorithm="EdDSA")
+
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(f"Bearer {signed(3600)}")
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(f"Bearer {signed(30)}")
+    # An issuer whose clock runs a little ahead: within the 5 s leeway, as for exp.
+    assert auth.authenticate(f"Bearer {signed(2)}").subject == "alice"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "EdDSA", "typ": "JWT", "kid": "k" * 5000},  # huge, but under the header limit
+        {"alg": "EdDSA", "typ": "JWT", "crit": ["exp"], "x": ["y"] * 500},
+        {"alg": "EdDSA", "jku": "http://attacker.example/keys.json", "jwk": {"kty": "OKP"}},
+    ],
+)
+def test_odd_headers_on_a_valid_signature_change_nothing(
+    auth: Authenticator, settings: Settings, header: dict[str, Any]
+) -> None:
+    """The key is configured, never taken from the token: kid, jku and jwk are ignored, oversized or not."""
+    token = forge(header, valid_claims(settings), settings.auth_private_key.sign)
+    assert len(token) < 8192
+    # Signed with the right key, so valid or refused only for the header (crit names no extension we
+    # understand): either way it never raises anything but Unauthenticated.
+    try:
+        assert auth.authenticate(f"Bearer {token}").subject == "alice"
+    except Unauthenticated:
+        assert "crit" in header
+
+
+def test_wrong_audience_is_refused(auth: Authenticator, settings: Settings) -> None:
+    for audience in ("platform:prod-but-not-this", ["someone-else"], ""):
+        token = jwt.encode(valid_claims(settings, aud=audience), settings.auth_private_key, algorithm="EdDSA")
+        with pytest.raises(Unauthenticated):
+            auth.authenticate(f"Bearer {token}")
+
+
 @pytest.mark.parametrize("missing", ["exp", "sub", "scope", "aud"])
 def test_required_claims(auth: Authenticator, settings: Settings, missing: str) -> None:
     claims = valid_claims(settings)

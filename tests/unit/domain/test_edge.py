@@ -70,3 +70,10 @@ def test_without_a_rate_limiter_admission_only_authenticates(settings: Settings)
     with context.bind(context.RequestContext()):
         admission = EdgePolicy(auth).admit("Bearer " + auth.mint("edge-carol", ["admin"], ttl_s=60), "admin")
     assert admission.rate is None
+
+
+@pytest.mark.parametrize("candidate", ["abc\n", "a" * 129, "", "a b", "é", None])
+def test_a_malformed_request_id_is_replaced(candidate: str | None) -> None:
+    # Python's $ matches before a final newline: "abc\n" would pass ^...$ and end up in a header.
+    assert context.accept_request_id(candidate) != candidate
+    assert context.accept_request_id("abc-1.2:3_4") == "abc-1.2:3_4"

@@ -11,7 +11,7 @@ import redis
 
 from app.domain.chaos import ChaosControl
 from app.domain.errors import Conflict, DependencyUnavailable, InvalidArgument, NotFound, PayloadTooLarge
-from app.domain.items import CHANNEL, ITEM_PREFIX, ItemStore
+from app.domain.items import CHANNEL, ITEM_PREFIX, MAX_VALUE_DEPTH, ItemStore
 from app.domain.services import Services
 from app.settings import Settings
 from app.worker import build_services
@@ -118,6 +118,11 @@ def _missing(store: ItemStore, key: str) -> bool:
         (lambda s: s.put("k", {"a": {1, 2}}), "value"),
         (lambda s: s.put("k", 1, if_version=-1), "if_version"),
         (lambda s: s.delete("a b"), "key"),
+        (lambda s: s.get("k\n"), "key"),  # Python's $ matches before a final newline; fullmatch does not
+        (lambda s: s.put("k", "\ud800"), "value"),  # JSON's escapes can carry a lone surrogate
+        (lambda s: s.put("k", {"\udc00": 1}), "value"),
+        (lambda s: s.put("k", nested(MAX_VALUE_DEPTH + 1)), "value"),
+        (lambda s: s.put("k", nested(100_000)), "value"),  # checked without recursion
     ],
 )
 def test_bad_input_names_the_field(
@@ -127,6 +132,19 @@ def test_bad_input_names_the_field(
     with pytest.raises(InvalidArgument) as info:
         call(store)
     assert info.value.field == field
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def test_values_nest_up_to_the_limit(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert store.put("deep", nested(MAX_VALUE_DEPTH)).value == nested(MAX_VALUE_DEPTH)
+    assert store.get("deep").value == nested(MAX_VALUE_DEPTH)
 
 
 def test_oversized_value_is_refused(make_store: StoreFactory) -> None:

@@ -190,3 +190,25 @@ def test_access_lines_scrub_what_clients_send(client: FlaskClient, captured: Cap
     (line,) = [line for line in captured.lines() if line["logger"] == "app.http.access"]
     assert token not in json.dumps(line)
     assert line["status"] == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "detail"),
+    [
+        (b'{"value": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body", "nested too deeply"),
+        (b'{"value": ' + b"[" * 40 + b"]" * 40 + b"}", "value", "at most 32"),
+        (b'{"value": "\\ud800"}', "value", "surrogate"),
+        (b'{"value": ' + b"9" * 5000 + b"}", "body", "not valid JSON"),
+        (b'{"value": 1', "body", "not valid JSON"),
+        (b'{"value": "\xff"}', "body", "not valid JSON"),
+    ],
+)
+def test_hostile_json_is_a_400_naming_the_field(
+    client: FlaskClient, settings: Settings, body: bytes, field: str, detail: str
+) -> None:
+    r = client.put(
+        "/v1/items/hostile", data=body, headers={**bearer(settings), "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400, r.get_data()
+    problem = r.get_json()
+    assert problem["field"] == field and detail in problem["detail"]

@@ -279,3 +279,52 @@ def test_client_helper_metadata_and_example_call(stack: RpcStack) -> None:
         )
     quote = get_quote(stack.target, token, "ACME")
     assert quote["symbol"] == "ACME" and quote["instance_id"] == INSTANCE_ID and quote["request_id"]
+
+
+def raw_call(stack: RpcStack, method: str, payload: bytes, metadata: Any) -> grpc.RpcError:
+    """`payload` sent as the request message's bytes, whatever they are."""
+    call = stack.channel.unary_unary(
+        f"/platform.v1.PlatformService/{method}",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    return call_error(lambda: call(payload, metadata=metadata, timeout=5))
+
+
+def nested_list_value(depth: int) -> bytes:
+    """A google.protobuf.Value of `depth` nested lists, serialized by hand past protobuf's own limit."""
+    value: bytes = struct_pb2.Value(bool_value=True).SerializeToString()
+    for _ in range(depth):
+        inner = b"\x0a" + _varint(len(value)) + value  # ListValue.values (field 1)
+        value = b"\x32" + _varint(len(inner)) + inner  # Value.list_value (field 6)
+    return value
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+UNDECODABLE = [
+    ("GetItem", b"\x0a\x02\xff\xfe", "not valid UTF-8"),  # key = invalid UTF-8
+    ("Hash", b"\x0a\x01\xc3\x12\x02pw", "not valid UTF-8"),  # algorithm = a truncated UTF-8 sequence
+    ("GetQuote", b"\xff\xff\xff\xff", "corrupt"),
+    ("WatchQuotes", b"\x0a\x05AC", "corrupt"),  # a string longer than the message
+    ("PutItem", b"\x12" + _varint(len(v := nested_list_value(60))) + v, "nested"),
+]
+
+
+@pytest.mark.parametrize(("method", "payload", "why"), UNDECODABLE, ids=[u[0] for u in UNDECODABLE])
+def test_a_request_that_does_not_parse_is_invalid_argument_after_admission(
+    stack: RpcStack, method: str, payload: bytes, why: str
+) -> None:
+    err = raw_call(stack, method, payload, stack.md())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert bad_field(err) == "request" and why in err.details()
+    assert "DecodeError" not in err.details()  # protobuf's exception stays inside
+    # Admission comes first: without a token, a caller learns nothing about what it sent.
+    assert raw_call(stack, method, payload, ()).code() == grpc.StatusCode.UNAUTHENTICATED

@@ -126,3 +126,11 @@ def test_rate_limit_per_principal_with_retry_after(redis_server: str) -> None:
         assert rich_status(err).code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
         # Another principal has its own budget.
         s.stub.GetQuote(pb.GetQuoteRequest(symbol="ACME"), metadata=s.md("read", subject="modest"), timeout=5)
+
+
+def test_two_authorization_entries_are_refused_as_over_http(stack: RpcStack) -> None:
+    """Repeated, neither wins: as an HTTP server joins repeated fields, no bearer scheme parses them."""
+    good = stack.md("read")[0]
+    for metadata in ((good, ("authorization", "Bearer forged")), (("authorization", "Bearer forged"), good)):
+        err = get_item_error(stack, metadata)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
