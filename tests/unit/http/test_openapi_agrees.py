@@ -1,8 +1,9 @@
 """/openapi.json states the constraints the API enforces: what a body schema allows is not refused for a
 schema reason, and what it forbids is refused with 400 naming the field. Fails as soon as they diverge.
 
-Bodies come from the served document itself (`from_schema` below, for the keywords it uses), go through the real Flask app over
-the real services (redis-server, the worker pool), and are judged by a JSON Schema validator.
+Bodies come from the served document itself (`from_schema` below, for the keywords it uses), go through
+the real Flask app over the real services (redis-server, the worker pool), and are judged by a JSON Schema
+validator.
 """
 
 from __future__ import annotations
