@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -162,15 +163,37 @@ def telemetry_environment(settings: Settings, role: Role) -> None:
     prepare_multiproc_dir(path)
 
 
-def configuration_problems() -> list[str]:
-    """Bad OTEL_* values, or another distro in charge: reported before anything starts."""
+def configuration_problems(settings: Settings, role: Role) -> list[str]:
+    """Bad OTEL_* values, another distro in charge, a port another process holds: each one line, reported
+    before anything starts."""
     env = dict(os.environ)
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", "(a private directory)")  # run() always provides one
-    return environment.problems(env) + prefork_problems()
+    return environment.problems(env) + prefork_problems() + ports_in_use(settings, role)
 
 
-def run(settings: Settings, role: Role = API) -> None:
-    """Start the master; returns when it stops. Call `configuration_problems()` first."""
+def ports_in_use(settings: Settings, role: Role) -> list[str]:
+    """Listen addresses another process holds. Checked in the master before forking: gunicorn would retry
+    a taken HTTP port for 5 s and then exit without naming it, and a taken gRPC port would only show in a
+    worker. A port taken between this check and the bind still fails, in gunicorn's or the worker's way."""
+    problems = []
+    for setting, port, shared in role.listeners(settings):
+        try:
+            # As the servers bind: SO_REUSEADDR (gunicorn), and SO_REUSEPORT where the workers share one.
+            socket.create_server((settings.bind_host, port), reuse_port=shared).close()
+        except OSError as exc:
+            problems.append(
+                f"{setting}={port}: cannot listen on {settings.bind_host}:{port}: {os.strerror(exc.errno) if exc.errno else exc} "
+                f"(another process holds the port, or BIND_HOST is not a local address)"
+            )
+    return problems
+
+
+def run(settings: Settings, role: Role = API) -> int:
+    """Start the master; returns its exit code when it stops. Call `configuration_problems()` first."""
     telemetry_environment(settings, role)
     configure_logging()
-    GunicornServer(settings, role).run()
+    try:
+        GunicornServer(settings, role).run()
+    except SystemExit as stop:  # gunicorn's arbiter ends by sys.exit(code)
+        return stop.code if isinstance(stop.code, int) else 1
+    return 0

@@ -22,7 +22,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDERS = frozenset({"", "changeme", "change-me", "changethis", "secret", "placeholder", "xxx", "todo"})
-DEV_SECRETS_FILE = ".dev-secrets.json"
+
+
+def default_dev_secrets_file() -> Path:
+    """One file per user, whatever the current directory: a token minted anywhere on the machine verifies
+    against a service started anywhere else (XDG base directories: user state)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "platform" / "dev-secrets.json"
 
 
 class SettingsError(Exception):
@@ -107,8 +113,8 @@ class Settings(BaseSettings):
     crypto_keys: Annotated[str, NoDecode, Field(repr=False)] = ""
     crypto_signing_key: Annotated[str, NoDecode, Field(repr=False)] = ""
 
-    # Where dev mode keeps its generated keys; git-ignored.
-    dev_secrets_file: Path = Path(DEV_SECRETS_FILE)
+    # Where dev mode keeps its generated keys.
+    dev_secrets_file: Path = Field(default_factory=default_dev_secrets_file)
 
     @field_validator("rate_limit")
     @classmethod
@@ -209,6 +215,7 @@ def load_or_create_dev_secrets(path: Path) -> dict[str, str]:
     O_EXCL makes creation race-free when several processes start at once.
     """
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         for _ in range(50):  # another process may be writing it right now
@@ -222,6 +229,8 @@ def load_or_create_dev_secrets(path: Path) -> dict[str, str]:
 
             time.sleep(0.02)
         raise SettingsError(f"{path} exists but is not a valid dev secrets file; delete it") from None
+    except OSError as exc:
+        raise SettingsError(f"DEV_SECRETS_FILE: cannot create {path}: {exc.strerror}") from None
     secrets = {
         "auth_signing_key": b64encode(os.urandom(32)),
         "crypto_keys": f"dev1:{b64encode(os.urandom(32))}",
@@ -249,7 +258,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if settings.dev_mode:
         print(
             "WARNING: APP_ENV=dev: using development keys from "
-            f"{settings.dev_secrets_file}; never use this mode outside a developer machine",
+            f"{settings.dev_secrets_file.resolve()}; never use this mode outside a developer machine",
             file=sys.stderr,
         )
         # Touch the keys now so that the file exists before any worker forks.

@@ -27,7 +27,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from app.domain import context
 from app.domain.auth import Authenticator
 from app.domain.chaos import ChaosControl
-from app.domain.compute import ComputeService
+from app.domain.compute import POOL_TASKS, ComputeService
 from app.domain.crypto import CryptoService
 from app.domain.edge import EdgePolicy
 from app.domain.items import ItemStore
@@ -65,6 +65,12 @@ class Role:
     def port(self, settings: Settings) -> int:
         return settings.http_port if self is API else settings.upstream_port
 
+    def listeners(self, settings: Settings) -> list[tuple[str, int, bool]]:
+        """(setting, port, shared by the workers through SO_REUSEPORT) for every port it listens on."""
+        if self is API:
+            return [("HTTP_PORT", settings.http_port, False), ("GRPC_PORT", settings.grpc_port, True)]
+        return [("UPSTREAM_PORT", settings.upstream_port, False)]
+
     def workers(self, settings: Settings) -> int:
         return settings.web_concurrency if self is API else 1
 
@@ -93,6 +99,7 @@ def build_services(settings: Settings) -> Services:
         settings.pool_queue_size,
         settings.pool_task_timeout_s,
         preload=["app.domain.compute"],
+        tasks=POOL_TASKS,
     )
     auth = Authenticator(settings)
     ratelimiter = RateLimiter(settings, connection_pool=pool)

@@ -35,6 +35,10 @@ MAX_HEADER_CHARS = 8192  # bigger headers are refused before any parsing
 SUBJECT_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 SCOPE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_SCOPES = 32
+# What this service's operations require: read (GET items, quotes), write (changes, crypto, compute),
+# admin (fault injection). Tokens may carry others, for other services; these are the ones that matter here.
+READ, WRITE, ADMIN = "read", "write", "admin"
+SCOPES = (READ, WRITE, ADMIN)
 VERIFIED_CACHE_SIZE = 4096
 _INVALID = "invalid or expired token"
 _MISSING = "missing or malformed Authorization header; expected 'Bearer <token>'"

@@ -18,6 +18,9 @@ from app.domain.models import HashResult, PrimeCount
 T = TypeVar("T")
 
 ALGORITHMS = ("scrypt", "pbkdf2")
+# The worker-pool tasks this module runs (their metric series exist from the start).
+HASH_TASK, PRIMES_TASK = "hash", "primes"
+POOL_TASKS = (HASH_TASK, PRIMES_TASK)
 SCRYPT_DEFAULTS = {"n": 2**14, "r": 8, "p": 1}
 PBKDF2_DEFAULTS = {"iterations": 600_000}  # OWASP 2023 guidance for PBKDF2-HMAC-SHA256
 SCRYPT_MAX_MEMORY = 64 * 1024 * 1024
@@ -99,16 +102,16 @@ class ComputeService:
             _bounded(p, 1, 4, "params.p")
             if scrypt_memory(n, r, p) >= SCRYPT_MAX_MEMORY:
                 raise InvalidArgument("n and r need more than 64 MiB; lower one of them", field="params.r")
-            digest = self._pool.run("hash", _scrypt, password, salt, n, r, p)
+            digest = self._pool.run(HASH_TASK, _scrypt, password, salt, n, r, p)
         else:
             chosen = _params(params, PBKDF2_DEFAULTS)
             _bounded(chosen["iterations"], 1, 600_000, "params.iterations")
-            digest = self._pool.run("hash", _pbkdf2, password, salt, chosen["iterations"])
+            digest = self._pool.run(HASH_TASK, _pbkdf2, password, salt, chosen["iterations"])
         return HashResult(algorithm=algorithm, salt=salt, digest=digest, params=chosen)
 
     def primes(self, limit: int) -> PrimeCount:
         _bounded(limit, PRIMES_MIN, PRIMES_MAX, "limit")
-        return PrimeCount(limit=limit, count=self._pool.run("primes", count_primes, limit))
+        return PrimeCount(limit=limit, count=self._pool.run(PRIMES_TASK, count_primes, limit))
 
 
 def _params(given: Mapping[str, int] | None, defaults: Mapping[str, int]) -> dict[str, int]:

@@ -6,6 +6,7 @@ import dataclasses
 
 from flask import Blueprint, Response, jsonify
 
+from app.domain.auth import ADMIN
 from app.http.api import services
 from app.http.edge import requires
 from app.http.inputs import json_body
@@ -14,12 +15,12 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
 @bp.get("/chaos")
-@requires("admin")
+@requires(ADMIN)
 def get_chaos() -> Response:
     return jsonify(dataclasses.asdict(services().chaos.get()))
 
 
 @bp.post("/chaos")
-@requires("admin")
+@requires(ADMIN)
 def set_chaos() -> Response:
     return jsonify(dataclasses.asdict(services().chaos.set(json_body())))

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from app.domain.auth import READ, WRITE
 from app.domain.errors import InvalidArgument
 from app.domain.models import Item, Quote, Sealed
 from app.domain.services import Services
@@ -35,13 +36,13 @@ def quote_json(quote: Quote) -> dict[str, Any]:
 
 
 @bp.get("/items/<key>")
-@requires("read")
+@requires(READ)
 def get_item(key: str) -> Response:
     return jsonify(item_json(services().items.get(key)))
 
 
 @bp.put("/items/<key>")
-@requires("write")
+@requires(WRITE)
 def put_item(key: str) -> Response:
     body = json_body()
     if "value" not in body:
@@ -56,14 +57,14 @@ def put_item(key: str) -> Response:
 
 
 @bp.delete("/items/<key>")
-@requires("write")
+@requires(WRITE)
 def delete_item(key: str) -> Response:
     services().items.delete(key)
     return Response(status=204)
 
 
 @bp.post("/crypto/encrypt")
-@requires("write")
+@requires(WRITE)
 def encrypt() -> Response:
     body = json_body()
     sealed = services().crypto.encrypt(b64_field(body, "plaintext"), b64_field(body, "aad", required=False))
@@ -73,7 +74,7 @@ def encrypt() -> Response:
 
 
 @bp.post("/crypto/decrypt")
-@requires("write")
+@requires(WRITE)
 def decrypt() -> Response:
     body = json_body()
     sealed = Sealed(
@@ -86,14 +87,14 @@ def decrypt() -> Response:
 
 
 @bp.post("/crypto/sign")
-@requires("write")
+@requires(WRITE)
 def sign() -> Response:
     sig = services().crypto.sign(b64_field(json_body(), "message"))
     return jsonify({"signature": b64(sig.signature), "public_key": b64(sig.public_key)})
 
 
 @bp.post("/crypto/verify")
-@requires("write")
+@requires(WRITE)
 def verify() -> Response:
     body = json_body()
     public_key = b64_field(body, "public_key", required=False) or None
@@ -102,7 +103,7 @@ def verify() -> Response:
 
 
 @bp.post("/compute/hash")
-@requires("write")
+@requires(WRITE)
 def compute_hash() -> Response:
     body = json_body()
     params = body.get("params")
@@ -129,13 +130,13 @@ def compute_hash() -> Response:
 
 
 @bp.post("/compute/primes")
-@requires("write")
+@requires(WRITE)
 def compute_primes() -> Response:
     result = services().compute.primes(int_field(json_body(), "limit") or 0)
     return jsonify({"limit": result.limit, "count": result.count})
 
 
 @bp.get("/quotes/<symbol>")
-@requires("read")
+@requires(READ)
 def get_quote(symbol: str) -> Response:
     return jsonify(quote_json(services().quotes.get(symbol)))

@@ -41,6 +41,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry import metrics, trace
 
+from app.domain import auth
 from app.domain import context as request_context
 from app.domain.edge import EdgePolicy
 from app.domain.errors import DomainError, InvalidArgument
@@ -51,8 +52,8 @@ from app.telemetry.buckets import DURATION_BUCKETS_S
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "platform.v1.PlatformService"
-READ_SCOPE = "read"
-WRITE_SCOPE = "write"
+READ_SCOPE = auth.READ
+WRITE_SCOPE = auth.WRITE
 
 METHOD_SCOPES: Mapping[str, str] = MappingProxyType(
     {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -73,6 +74,12 @@ def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], ctx: context.RequestC
     return _Outcome(start_ns, time.time_ns(), ok, value)
 
 
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group. The pool's processes leave stopping to the worker that owns
+    them (which closes the pool as on SIGTERM), instead of each printing a KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _noop() -> None:
     """Warm-up task: makes the pool start its processes before the first request needs them."""
 
@@ -85,7 +92,9 @@ class WorkerPool:
         task_timeout_s: float,
         *,
         preload: Sequence[str] = (),
+        tasks: Sequence[str] = (),
     ) -> None:
+        """`tasks`: the task names callers will use, so that their metric series exist from the start."""
         if processes < 1 or queue_size < 1 or task_timeout_s <= 0:
             raise ValueError("pool needs processes >= 1, queue_size >= 1, task_timeout_s > 0")
         self.processes = processes
@@ -104,6 +113,8 @@ class WorkerPool:
         self._rejections = meter.create_counter(
             "platform.pool.rejections", unit="{task}", description="Tasks refused because the pool was full"
         )
+        for known in tasks:  # every known task's series from the start, at 0
+            self._rejections.add(0, {"task": known})
         self._duration = meter.create_histogram(
             "platform.pool.task.duration",
             unit="s",
@@ -142,7 +153,9 @@ class WorkerPool:
         mp_context = multiprocessing.get_context("forkserver")
         if self._preload:
             mp_context.set_forkserver_preload(self._preload)
-        return ProcessPoolExecutor(max_workers=self.processes, mp_context=mp_context)
+        return ProcessPoolExecutor(
+            max_workers=self.processes, mp_context=mp_context, initializer=_ignore_interrupts
+        )
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Refuse new tasks; with `wait`, let admitted ones finish within `timeout`; then stop processes."""

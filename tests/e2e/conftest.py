@@ -184,6 +184,7 @@ def spawn(
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as in a terminal (tests send it Ctrl-C)
     )
     assert popen.stdout is not None
     return Proc(name, popen, LogTail(popen.stdout), port, grpc_port, env)

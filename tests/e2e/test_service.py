@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
+import os
 import re
 import signal
 import socket
@@ -54,6 +56,14 @@ def test_both_transports_served_by_both_workers(stack: Stack) -> None:
     wait_until(http_spread, timeout=20, message="HTTP requests to reach both workers")
     wait_until(grpc_spread, timeout=20, message="gRPC connections to reach both workers")
     assert http_seen == grpc_seen, "the same two workers serve both transports"
+
+
+def test_every_json_line_names_the_service_that_wrote_it(stack: Stack) -> None:
+    """gunicorn's own lines too: the upstream's say quotes-upstream, the API's platform-api."""
+    for proc, service in ((stack.api, "platform-api"), (stack.upstream, "quotes-upstream")):
+        records = [json.loads(line) for line in proc.log.lines if line.startswith("{")]
+        assert any(r["logger"].startswith("gunicorn") for r in records), proc.name
+        assert {r["service"] for r in records} == {service}, proc.name
 
 
 def test_write_in_one_worker_is_read_fresh_in_the_other(stack: Stack) -> None:
@@ -264,32 +274,52 @@ def test_rate_limit_is_shared_across_workers(
         upstream.stop()
 
 
-def test_grpc_port_in_use_stops_the_service_with_one_clear_line(
-    redis_server: str, tmp_path_factory: pytest.TempPathFactory
+@pytest.mark.parametrize("setting", ["HTTP_PORT", "GRPC_PORT"])
+def test_a_port_in_use_stops_the_service_with_one_line_naming_it(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory, setting: str
 ) -> None:
     tmp = tmp_path_factory.mktemp("port-in-use")
-    http_port = free_port()
-    with socket.socket() as taken:  # another process's listener on the gRPC port
+    ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port()}
+    with socket.socket() as taken:  # another process's listener
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        grpc_port = taken.getsockname()[1]
-        env = base_env(
-            redis_server,
-            tmp,
-            HTTP_PORT=str(http_port),
-            GRPC_PORT=str(grpc_port),
-            PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
-        )
-        proc = spawn("api", ["serve"], env, http_port, grpc_port)
+        ports[setting] = taken.getsockname()[1]
+        env = base_env(redis_server, tmp, **{k: str(v) for k, v in ports.items()})
+        proc = spawn("api", ["serve"], env, ports["HTTP_PORT"], ports["GRPC_PORT"])
         try:
-            code = proc.popen.wait(60)
+            code = proc.popen.wait(30)
         finally:
             proc.stop()
     proc.log.join()
-    text = proc.log.text()
-    assert code == 3, text  # gunicorn's "worker failed to boot": the master stops instead of respawning
-    assert f"cannot listen for gRPC on 127.0.0.1:{grpc_port}" in text
-    assert "Traceback" not in text
+    lines = [line for line in proc.log.text().splitlines() if "APP_ENV=dev" not in line]
+    # Before anything starts: no retry loop, no worker, the setting named, the configuration exit code.
+    assert code == 2, lines
+    assert lines == [
+        f"error: {setting}={ports[setting]}: cannot listen on 127.0.0.1:{ports[setting]}: "
+        "Address already in use (another process holds the port, or BIND_HOST is not a local "
+        "address)"
+    ]
+
+
+def test_ctrl_c_stops_quietly(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Ctrl-C reaches the whole process group: master, workers, their pool processes."""
+    env = base_env(redis_server, tmp_path_factory.mktemp("ctrl-c"))
+    upstream = start_upstream(env)
+    api = start_api(env, upstream)
+    try:
+        token = mint(env, "ctrl-c")
+        # The pool processes are running (a task went through them) when the interrupt lands.
+        r = api.request("POST", "/v1/compute/primes", {"limit": 1000}, token=token)
+        assert r.status == 200, r.body
+        os.killpg(api.popen.pid, signal.SIGINT)
+        code = api.popen.wait(30)
+    finally:
+        api.stop()
+        upstream.stop()
+    api.log.join()
+    text = api.log.text()
+    assert code == 0, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
 
 
 def test_sigterm_with_requests_in_flight_loses_none(

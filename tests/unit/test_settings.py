@@ -139,6 +139,45 @@ def test_dev_mode_processes_started_together_agree_on_the_keys(dev_env: dict[str
     assert set(stored) == {"auth_signing_key", "crypto_keys", "crypto_signing_key"}
 
 
+def test_dev_keys_live_in_one_place_per_user_whatever_the_directory(tmp_path: Path) -> None:
+    """A token minted from any directory verifies in a service started from any other."""
+    env = {k: v for k, v in os.environ.items() if k != "DEV_SECRETS_FILE"}
+    env.update(APP_ENV="dev", HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    env.pop("XDG_STATE_HOME", None)
+    mint = [sys.executable, "-m", "app", "token", "--sub", "alice"]
+    verify = (
+        "import sys\n"
+        "from app.domain.auth import Authenticator\n"
+        "from app.settings import load_settings\n"
+        "print(Authenticator(load_settings()).authenticate('Bearer ' + sys.argv[1]).subject)\n"
+    )
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    minted = subprocess.run(mint, cwd=tmp_path / "one", env=env, capture_output=True, text=True, timeout=60)
+    assert minted.returncode == 0, minted.stderr
+    expected = tmp_path / "home" / ".local" / "state" / "platform" / "dev-secrets.json"
+    assert f"development keys from {expected};" in minted.stderr  # the full path, said once
+    verified = subprocess.run(
+        [sys.executable, "-c", verify, minted.stdout.strip()],
+        cwd=tmp_path / "two",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.strip() == "alice"
+    assert stat.S_IMODE(expected.parent.stat().st_mode) == 0o700
+
+
+def test_a_relative_dev_secrets_file_is_reported_with_its_full_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    load_settings({"APP_ENV": "dev", "DEV_SECRETS_FILE": "keys.json"})
+    assert f"development keys from {tmp_path / 'keys.json'};" in capsys.readouterr().err
+
+
 def test_corrupt_dev_secrets_file_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "d.json"
     path.write_text("{not json")
