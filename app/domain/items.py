@@ -129,6 +129,8 @@ class ItemStore:
         self._requests = meter.create_counter(
             "platform.cache.requests", unit="{request}", description="In-process cache lookups"
         )
+        for result in ("hit", "miss"):  # both series from the start, at 0
+            self._requests.add(0, {"cache": "items", "result": result})
         self._unregister_gauge = shared_gauge(
             "app.domain.items", "platform.cache.size", unit="{entry}", description="Entries in a cache"
         ).add(self._size_readings)

@@ -94,6 +94,7 @@ class QuoteService:
         self._requests = metrics.get_meter("app.domain.quotes").create_counter(
             "platform.cache.requests", unit="{request}", description="In-process cache lookups"
         )
+        self._requests.add(0, {"cache": "quotes", "result": "stale"})  # the series exists from the start
         self._unregister_gauge = shared_gauge(
             "app.domain.items", "platform.cache.size", unit="{entry}", description="Entries in a cache"
         ).add(self._size_readings)

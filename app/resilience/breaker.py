@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
+TRANSITIONS = ((CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED), (HALF_OPEN, OPEN))
 
 
 class CircuitOpen(Exception):
@@ -84,6 +85,12 @@ class CircuitBreaker:
             unit="{transition}",
             description="Circuit breaker state changes",
         )
+        # Every series exists from the start, at 0: a panel shows 0, not "No data", and rate() sees the first
+        # event (Prometheus instrumentation practice for label values known in advance).
+        for outcome in ("success", "failure", "rejected"):
+            self._calls.add(0, {"name": self.name, "outcome": outcome})
+        for from_state, to_state in TRANSITIONS:
+            self._transitions.add(0, {"name": self.name, "from_state": from_state, "to_state": to_state})
         self._unregister_gauge = shared_gauge(
             "app.resilience.breaker",
             "platform.circuit_breaker.state",

@@ -25,6 +25,9 @@ def _always(_exc: BaseException) -> bool:
     return True
 
 
+OUTCOMES = ("success", "retry", "gave_up")
+
+
 class RetryPolicy:
     def __init__(
         self,
@@ -53,6 +56,8 @@ class RetryPolicy:
         self._attempts = metrics.get_meter("app.resilience.retry").create_counter(
             "platform.retry.attempts", unit="{attempt}", description="Attempts at calling a dependency"
         )
+        for outcome in OUTCOMES:  # every series from the start, at 0
+            self._attempts.add(0, {"dependency": self.dependency, "outcome": outcome})
 
     def backoff_bound_s(self, attempt: int) -> float:
         """Upper bound of the sleep after failed attempt number `attempt` (0-based)."""

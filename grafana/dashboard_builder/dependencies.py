@@ -17,14 +17,15 @@ def build() -> Json:
     state = {
         "type": "state-timeline",
         "title": "Circuit breaker state",
-        "description": "Worst state over all workers: closed, half_open (probing) or open.",
+        "description": "Each worker's breaker (one row per worker, `instance`): closed, half_open (probing) "
+        "or open. Every worker decides from its own calls, so they can differ for a while.",
         "datasource": PROM,
         "targets": [
             prom(
-                f'max by (name) ({breaker}{{{SEL}, state="open"}} * 2 or {breaker}{{{SEL}, '
+                f'max by (name, instance) ({breaker}{{{SEL}, state="open"}} * 2 or {breaker}{{{SEL}, '
                 f'state="half_open"}}'
                 f' or {breaker}{{{SEL}, state="closed"}} * 0)',
-                "{{name}}",
+                "{{name}} {{instance}}",
             )
         ],
         "fieldConfig": {

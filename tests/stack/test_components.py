@@ -309,3 +309,19 @@ def test_grafana_datasource_urls_are_compose_services(
             uids[ds["uid"]] = ds
             assert_reaches(ds["url"], services, listening, f"datasource {ds['uid']}")
     assert {"prometheus", "loki", "tempo", "alertmanager"} <= uids.keys()
+
+
+def test_every_exemplar_label_the_stack_writes_opens_a_trace(tempo: dict[str, Any]) -> None:
+    """OTLP exemplars (the service's histograms) carry `trace_id`; Tempo's metrics-generator writes the
+    label its overrides name (default `traceID`). The Prometheus datasource must link each to Tempo."""
+    datasources = yaml.safe_load((ROOT / "grafana/provisioning/datasources/datasources.yml").read_text())
+    prometheus = next(ds for ds in datasources["datasources"] if ds["uid"] == "prometheus")
+    linked = {
+        d["name"]
+        for d in prometheus["jsonData"]["exemplarTraceIdDestinations"]
+        if d["datasourceUid"] == "tempo"
+    }
+    generator_label = tempo["overrides"]["defaults"]["metrics_generator"].get(
+        "trace_id_label_name", "traceID"
+    )
+    assert {"trace_id", generator_label} <= linked
