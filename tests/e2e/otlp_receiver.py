@@ -37,10 +37,20 @@ class Span:
 
 
 @dataclass
+class LogRecord:
+    resource: dict[str, Any]
+    scope: str
+    trace_id: str  # hex; all zeros outside a trace
+    span_id: str
+    body: str
+    attributes: dict[str, Any]
+
+
+@dataclass
 class Received:
     spans: list[Span] = field(default_factory=list)
     metrics: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (resource, metric name)
-    logs: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = field(default_factory=list)
+    logs: list[LogRecord] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)  # every export request as received, all signals
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -96,8 +106,16 @@ class _Logs(logs_grpc.LogsServiceServicer):
                 res = attrs(rl.resource.attributes)
                 for sl in rl.scope_logs:
                     for r in sl.log_records:
-                        body = r.body.string_value
-                        self.rx.logs.append((res, r.trace_id.hex(), body, attrs(r.attributes)))
+                        self.rx.logs.append(
+                            LogRecord(
+                                res,
+                                sl.scope.name,
+                                r.trace_id.hex(),
+                                r.span_id.hex(),
+                                r.body.string_value,
+                                attrs(r.attributes),
+                            )
+                        )
             self.rx.raw.append(request.SerializeToString())
         return logs_pb.ExportLogsServiceResponse()
 

@@ -92,7 +92,7 @@ def test_every_worker_exports_spans_metrics_and_logs(otlp_stack: OtlpStack) -> N
         headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"},
     )
     wait_until(
-        lambda: any(tid == trace_id for _, tid, _, _ in rx.logs),
+        lambda: any(record.trace_id == trace_id for record in rx.logs),
         timeout=20,
         message="a log record carrying the request's trace id",
     )
@@ -249,7 +249,9 @@ def test_opentelemetry_instrument_gives_exactly_the_telemetry_of_the_plain_start
 
         def api_resources(instances: set[str]) -> list[dict[str, object]]:
             every = (
-                [s.resource for s in rx.spans] + [res for res, _ in rx.metrics] + [res for res, *_ in rx.logs]
+                [s.resource for s in rx.spans]
+                + [res for res, _ in rx.metrics]
+                + [record.resource for record in rx.logs]
             )
             return [r for r in every if r.get("service.instance.id") in instances]
 
@@ -315,7 +317,7 @@ def test_opentelemetry_instrument_gives_exactly_the_telemetry_of_the_plain_start
         }
         assert shapes["plain"] == shapes["instrumented"]
         # Log records carry the trace ids of their requests, from both starts.
-        logged = {trace_id for res, trace_id, *_ in rx.logs if trace_id.strip("0")}
+        logged = {record.trace_id for record in rx.logs if record.trace_id.strip("0")}
         for name in deployments:
             assert logged & set(sent[name]), f"{name}: log records carry trace ids"
     finally:
