@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     http_threads: Annotated[int, Field(ge=1, le=256)] = 8
     grpc_handler_threads: Annotated[int, Field(ge=1, le=256)] = 8
     graceful_timeout_s: Annotated[float, Field(gt=0, le=300)] = 20.0
+    drain_delay_s: Annotated[float, Field(ge=0, le=60)] = 5.0
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
 
     redis_url: str = "redis://127.0.0.1:6379/0"
