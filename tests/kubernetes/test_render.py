@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from tests.kubernetes.manifests import CRD_KINDS, KUSTOMIZATIONS, OVERLAYS, Manifest, render
@@ -39,9 +39,13 @@ def test_every_object_validates_against_the_kubernetes_schemas(kustomization: st
         try:
             validate(obj)
         except kubernetes_validate.ValidationError as exc:
-            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {'.'.join(map(str, exc.path))}: {exc.message}")
+            errors.append(
+                f"{obj['kind']}/{obj['metadata']['name']}: {'.'.join(map(str, exc.path))}: {exc.message}"
+            )
         except kubernetes_validate.SchemaNotFoundError:
-            errors.append(f"{obj['kind']} ({obj['apiVersion']}) has no schema in Kubernetes {KUBERNETES_VERSION}")
+            errors.append(
+                f"{obj['kind']} ({obj['apiVersion']}) has no schema in Kubernetes {KUBERNETES_VERSION}"
+            )
     assert not errors, "\n".join(errors)
 
 

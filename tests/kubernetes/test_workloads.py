@@ -152,7 +152,11 @@ def test_the_rendered_configuration_is_one_the_service_accepts(overlay: str) -> 
         # Start-up validation, as `python -m app` runs it (secrets and downward-API values stand in).
         values = {k: v for k, v in env.items() if v is not None and not k.startswith("OTEL_")}
         values |= dict.fromkeys(SECRET_SETTINGS, "")
-        values |= {"AUTH_SIGNING_KEY": "A" * 43, "CRYPTO_SIGNING_KEY": "B" * 43, "CRYPTO_KEYS": "k1:" + "C" * 43}
+        values |= {
+            "AUTH_SIGNING_KEY": "A" * 43,
+            "CRYPTO_SIGNING_KEY": "B" * 43,
+            "CRYPTO_KEYS": "k1:" + "C" * 43,
+        }
         settings = load_settings(values)
         assert settings.app_env != "dev", "dev mode writes key files and differs per pod"
         with pytest.MonkeyPatch.context() as mp:
@@ -171,7 +175,10 @@ def test_web_concurrency_follows_the_cpu_limit(overlay: str) -> None:
         (var,) = [v for v in container["env"] if v["name"] == "WEB_CONCURRENCY"]
         ref = var["valueFrom"]["resourceFieldRef"]
         assert ref == {"containerName": container["name"], "resource": "limits.cpu", "divisor": "1"}
-        assert "WEB_CONCURRENCY" not in named(objects, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
+        assert (
+            "WEB_CONCURRENCY"
+            not in named(objects, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
+        )
         # The downward API rounds the limit up to whole cores: that many workers, and memory for them.
         workers = math.ceil(parse_quantity(container["resources"]["limits"]["cpu"]))
         tmpfs = sum(parse_quantity(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"] if "emptyDir" in v)
@@ -202,12 +209,14 @@ def test_every_container_is_locked_down_and_bounded(kustomization: str) -> None:
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= resources[kind].keys(), (name, kind)
             # The memory limit is what the kernel enforces: a request above it would never be met.
-            assert parse_quantity(resources["requests"]["memory"]) <= parse_quantity(resources["limits"]["memory"])
+            assert parse_quantity(resources["requests"]["memory"]) <= parse_quantity(
+                resources["limits"]["memory"]
+            )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_writable_storage_is_only_where_the_service_writes(overlay: str) -> None:
-    """Read-only root; tmpfs for PROMETHEUS_MULTIPROC_DIR and /tmp (gunicorn heartbeats, forkserver socket)."""
+    """Read-only root; tmpfs for PROMETHEUS_MULTIPROC_DIR and /tmp (gunicorn heartbeats, forkserver)."""
     objects = render(f"overlays/{overlay}")
     for role, _, pod, container in app_containers(objects):
         volumes = {v["name"]: v for v in pod["volumes"]}
