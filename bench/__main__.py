@@ -29,7 +29,7 @@ from bench.processes import BenchFailure, Children, exit_on_termination
 from bench.report import Context, render
 from bench.servers import ITEM_PATH, RATE_LIMIT
 from bench.stack import GRPC_METHOD, missing_tools, open_stack
-from bench.variants import BASELINE, TRANSPORTS, VARIANTS, Transport
+from bench.variants import BASELINE, DEFAULT_VARIANTS, OPT_IN, TRANSPORTS, VARIANTS, Transport
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -78,9 +78,9 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument(
         "--variants",
         type=lambda v: _names(v, VARIANTS, "variant"),
-        default=VARIANTS,
-        help=f"comma-separated, of {', '.join(VARIANTS)} (default all); {BASELINE} always runs: "
-        "every ratio and the fixed load are relative to it",
+        default=DEFAULT_VARIANTS,
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN)}); "
+        f"{BASELINE} always runs: every ratio and the fixed load are relative to it",
     )
     parser.add_argument(
         "--transports",

@@ -34,11 +34,17 @@ VARIANT_ENVIRONMENT: dict[str, dict[str, str]] = {
     },
     # `shipped` while the collector is down.
     "shipped-endpoint-down": {"OTEL_EXPORTER_OTLP_ENDPOINT": NOWHERE},
-    # The compose demo profile (to be refined): every trace kept, access lines over OTLP too.
+    # The compose demo profile (compose.yaml): every trace kept, access lines over OTLP too.
     "demo": {
         "OTEL_EXPORTER_OTLP_ENDPOINT": RECEIVER,
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
         "OTLP_ACCESS_LOGS": "true",
+    },
+    # `shipped` without contrib's gRPC server instrumentation (no gRPC server spans): where gRPC's
+    # telemetry cost goes. Opt-in (--variants), not part of the default run.
+    "shipped-no-rpc-spans": {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": RECEIVER,
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "grpc_aio_server",
     },
 }
 BASELINE = "off"
@@ -46,8 +52,12 @@ BASELINE = "off"
 # limit.
 BARE = "bare-hello"
 VARIANTS: tuple[str, ...] = (*VARIANT_ENVIRONMENT, BARE)
+OPT_IN = ("shipped-no-rpc-spans",)
+# What a plain `python -m bench` runs: the profiles the targets are about.
+DEFAULT_VARIANTS: tuple[str, ...] = tuple(v for v in VARIANTS if v not in OPT_IN)
 
 PLATFORM_FLASK_SCOPE = "app.telemetry.flask_instrumentation"
+CONTRIB_GRPC_SCOPE = "opentelemetry.instrumentation.grpc"
 CONTRIB_FLASK_SCOPE = "opentelemetry.instrumentation.flask"
 ACCESS_LOG_SCOPE = "app.http.access"
 DEFAULT_SAMPLE_RATIO = 0.1
@@ -196,6 +206,12 @@ def prove_demo(e: Evidence) -> list[Check]:
     return checks
 
 
+def prove_no_rpc_spans(e: Evidence) -> list[Check]:
+    checks = [*_telemetry_on(e), *_flask_scope(e, PLATFORM_FLASK_SCOPE, CONTRIB_FLASK_SCOPE)]
+    rpc = e.received.server_spans[CONTRIB_GRPC_SCOPE]
+    return [*checks, Check("no gRPC server spans", rpc == 0, f"{rpc:,}")]
+
+
 def prove_bare(e: Evidence) -> list[Check]:
     return [*_received_nothing(e), Check("no /metrics", not e.metric_families, "")]
 
@@ -206,6 +222,7 @@ PROOFS: dict[str, Callable[[Evidence], list[Check]]] = {
     "stock": prove_stock,
     "shipped-endpoint-down": prove_endpoint_down,
     "demo": prove_demo,
+    "shipped-no-rpc-spans": prove_no_rpc_spans,
     BARE: prove_bare,
 }
 

@@ -44,7 +44,14 @@ def failed(e: Evidence) -> list[str]:
 
 
 def test_the_table_has_the_profiles_and_placeholders_are_filled() -> None:
-    assert list(VARIANT_ENVIRONMENT) == ["off", "shipped", "stock", "shipped-endpoint-down", "demo"]
+    assert list(VARIANT_ENVIRONMENT) == [
+        "off",
+        "shipped",
+        "stock",
+        "shipped-endpoint-down",
+        "demo",
+        "shipped-no-rpc-spans",
+    ]
     env = environment("shipped-endpoint-down", "http://127.0.0.1:1", "http://127.0.0.1:2")
     assert env == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:2"}
     assert all(RECEIVER not in v and NOWHERE not in v for v in environment("demo", "a", "b").values())
