@@ -179,7 +179,8 @@ def ports_in_use(settings: Settings, role: Role) -> list[str]:
     for setting, port, shared in role.listeners(settings):
         try:
             # As the servers bind: SO_REUSEADDR (gunicorn), and SO_REUSEPORT where the workers share one.
-            socket.create_server((settings.bind_host, port), reuse_port=shared).close()
+            family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
+            socket.create_server((settings.bind_host, port), family=family, reuse_port=shared).close()
         except OSError as exc:
             problems.append(
                 f"{setting}={port}: cannot listen on {settings.bind_host}:{port}: {os.strerror(exc.errno) if exc.errno else exc} "

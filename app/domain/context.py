@@ -6,8 +6,8 @@ worker-pool tasks explicitly, because a process boundary carries no contextvars.
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -39,7 +39,10 @@ def accept_request_id(candidate: str | None) -> str:
     """Keep a caller's request id if it is well formed, otherwise make one (never trust it into logs raw)."""
     if candidate and REQUEST_ID_RE.fullmatch(candidate):
         return candidate
-    return uuid.uuid4().hex
+    # 128 random bits, as uuid4's, from the PRNG: a request id must be unique, not unpredictable, and
+    # uuid4's os.urandom is a system call per request that hands the GIL to another thread. random's
+    # shared generator is seeded from os.urandom and re-seeded in every forked process.
+    return f"{random.getrandbits(128):032x}"
 
 
 @contextmanager
