@@ -12,7 +12,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 import yaml
@@ -109,21 +108,17 @@ def settings_for_tests() -> Settings:
 
 @functools.cache
 def get_routes(role: str) -> frozenset[str]:
-    """GET routes of the real Flask apps (`serve` -> api, `upstream`), built without telemetry or Redis."""
-    with pytest.MonkeyPatch.context() as mp:
-        if role == "api":
-            import app.http
+    """GET routes of the real Flask apps (`serve` -> api, `upstream`), built as a worker builds them; the
+    services are wired but never started (nothing connects), and telemetry is the distro's business."""
+    from app.http import create_app
+    from app.upstream import create_upstream_app
+    from app.worker import build_services
 
-            mp.setattr(app.http, "_instrument", lambda _app: None)
-            # Only the url map is read: a stand-in answers whatever the factory asks of the services.
-            services = mock.MagicMock()
-            flask_app: Flask = app.http.create_app(settings_for_tests(), services=services, instance_id="k8s")
-        else:
-            import app.telemetry.setup
-            from app.upstream import create_upstream_app
-
-            mp.setattr(app.telemetry.setup, "instrument_flask_app", lambda _app: None)
-            flask_app = create_upstream_app(settings_for_tests())
+    settings = settings_for_tests()
+    if role == "api":
+        flask_app: Flask = create_app(settings, build_services(settings), instance_id="k8s")
+    else:
+        flask_app = create_upstream_app(settings)
     return frozenset(r.rule for r in flask_app.url_map.iter_rules() if r.methods and "GET" in r.methods)
 
 
