@@ -182,8 +182,9 @@ def ports_in_use(settings: Settings, role: Role) -> list[str]:
             family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
             socket.create_server((settings.bind_host, port), family=family, reuse_port=shared).close()
         except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             problems.append(
-                f"{setting}={port}: cannot listen on {settings.bind_host}:{port}: {os.strerror(exc.errno) if exc.errno else exc} "
+                f"{setting}={port}: cannot listen on {settings.bind_host}:{port}: {reason} "
                 f"(another process holds the port, or BIND_HOST is not a local address)"
             )
     return problems

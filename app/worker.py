@@ -41,6 +41,7 @@ from app.runtime.pool import WorkerPool
 from app.runtime.probes import LoopLagProbe, WakeupDelaySampler
 from app.settings import Settings
 from app.telemetry import logging as telemetry_logging
+from app.telemetry import prometheus_bridge
 from app.telemetry.distro import WorkerTelemetry, start_worker
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class Worker:
 
     def start(self) -> None:
         """After the WSGI app is loaded: background parts, then the gRPC server (raises GrpcBindError)."""
+        prometheus_bridge.write_now()
         services = self.services
         if services is None:
             return

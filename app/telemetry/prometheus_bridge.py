@@ -26,6 +26,7 @@ import glob
 import math
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -98,6 +99,21 @@ class PrometheusMultiprocessMetricReader(PeriodicExportingMetricReader):
         if not os.environ.get(MULTIPROC_ENV):
             raise RuntimeError(f"the prometheus_multiprocess metric exporter needs {MULTIPROC_ENV}")
         super().__init__(PrometheusMultiprocessExporter(), export_interval_millis=export_interval_millis)
+        _readers.add(self)
+
+
+# The readers of this process (the SDK's configurator creates them; there is one per worker).
+_readers: weakref.WeakSet[PrometheusMultiprocessMetricReader] = weakref.WeakSet()
+
+
+def write_now(timeout_s: float = 2.0) -> None:
+    """Write this process's metrics to its /metrics files now, not at the next interval.
+
+    A worker calls it once built, before it serves: its series, the known ones at 0, are then on /metrics
+    from the first scrape on, instead of an empty page for up to a second. Only these files: OTLP export
+    keeps its own schedule (a collector that is down must not delay a worker's start)."""
+    for reader in list(_readers):
+        reader.force_flush(timeout_millis=timeout_s * 1000)
 
 
 class PrometheusMultiprocessExporter(MetricExporter):

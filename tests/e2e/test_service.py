@@ -362,3 +362,38 @@ def test_sigterm_with_requests_in_flight_loses_none(
     finally:
         api.stop()
         upstream.stop()
+
+
+def test_known_series_are_on_metrics_at_zero_from_the_start(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Before any event: panels and rate() see 0, not "No data"; the breaker's state is per worker."""
+    env = base_env(redis_server, tmp_path_factory.mktemp("zero"))
+    upstream = start_upstream(env)
+    api = start_api(env, upstream)
+    try:
+        text = api.request("GET", "/metrics").body.decode()
+        pids = api.worker_pids()
+    finally:
+        api.stop()
+        upstream.stop()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"
+    }
+    zero = [
+        'platform_circuit_breaker_calls_total{name="upstream",outcome="rejected"}',
+        'platform_circuit_breaker_transitions_total{from_state="closed",name="upstream",to_state="open"}',
+        'platform_circuit_breaker_transitions_total{from_state="half_open",name="upstream",to_state="open"}',
+        'platform_retry_attempts_total{dependency="upstream",outcome="gave_up"}',
+        'platform_cache_requests_total{cache="quotes",result="stale"}',
+        'platform_pool_rejections_total{task="hash"}',
+        'platform_pool_rejections_total{task="primes"}',
+        'platform_ratelimit_decisions_total{result="rejected"}',
+    ]
+    assert {series: values.get(series) for series in zero} == dict.fromkeys(zero, 0.0)
+    for pid in pids:
+        states = {
+            s: values.get(f'platform_circuit_breaker_state{{name="upstream",pid="{pid}",state="{s}"}}')
+            for s in ("closed", "open", "half_open")
+        }
+        assert states == {"closed": 1.0, "open": 0.0, "half_open": 0.0}, pid

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from app.resilience.breaker import CircuitBreaker, CircuitOpen
+from app.resilience.breaker import TRANSITIONS, CircuitBreaker, CircuitOpen
 from tests.unit.conftest import Metrics
 
 
@@ -138,18 +138,28 @@ def test_state_gauge_and_transition_counter_follow_the_state(metric_values: Metr
     clock = FakeClock()
     breaker = make(clock, half_open_calls=1)
     assert state_gauge(metric_values, breaker.name) == {"closed": 1, "open": 0, "half_open": 0}
+
+    def transitions() -> dict[tuple[str, str], float]:
+        return {
+            (a["from_state"], a["to_state"]): p.value
+            for a, p in metric_values.points("platform.circuit_breaker.transitions")
+            if a["name"] == breaker.name
+        }
+
+    # Every possible transition is a series from the start, at 0 (a panel shows 0, not "No data").
+    assert transitions() == dict.fromkeys(TRANSITIONS, 0)
     fail(breaker, 4)
     assert state_gauge(metric_values, breaker.name) == {"closed": 0, "open": 1, "half_open": 0}
     clock.now += 5
     assert state_gauge(metric_values, breaker.name) == {"closed": 0, "open": 0, "half_open": 1}
     succeed(breaker)
     assert state_gauge(metric_values, breaker.name) == {"closed": 1, "open": 0, "half_open": 0}
-    transitions = {
-        (a["from_state"], a["to_state"]): p.value
-        for a, p in metric_values.points("platform.circuit_breaker.transitions")
-        if a["name"] == breaker.name
+    assert transitions() == {
+        ("closed", "open"): 1,
+        ("open", "half_open"): 1,
+        ("half_open", "closed"): 1,
+        ("half_open", "open"): 0,
     }
-    assert transitions == {("closed", "open"): 1, ("open", "half_open"): 1, ("half_open", "closed"): 1}
 
 
 def test_closed_breaker_stops_reporting_its_gauge(metric_values: Metrics) -> None:
