@@ -1,4 +1,4 @@
-"""Command line: `python -m app serve | upstream | token`."""
+"""Command line: `python -m app serve | jobs | upstream | token`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,19 @@ settings (environment variables; README.md, "Configuration", lists them all):
   OTEL_EXPORTER_OTLP_ENDPOINT    where traces, metrics and logs go (unset: none; /metrics still works)
 
 signals: SIGTERM (or Ctrl-C) drains and stops; SIGHUP replaces every worker with no failed request."""
+
+JOBS_SETTINGS = """\
+settings (environment variables; README.md, "Configuration", lists them all):
+  APP_ENV=dev                    generated development keys, as for serve
+  JOBS_PROCESSES                 2 consumer processes (gunicorn workers), each with its own consumer name
+  JOBS_CONCURRENCY               2 jobs at once per process
+  JOBS_PORT                      8082: /healthz, /readyz and /metrics (BIND_HOST 127.0.0.1)
+  JOBS_MAX_ATTEMPTS              5, then the job goes to the dead letters
+  JOBS_VISIBILITY_TIMEOUT_S      30: a job whose consumer stops renewing it is reclaimed after this long
+  REDIS_URL                      redis://127.0.0.1:6379/0, where the queue lives
+  OTEL_EXPORTER_OTLP_ENDPOINT    where traces, metrics and logs go
+
+signals: SIGTERM (or Ctrl-C) takes no new job and finishes those in hand; SIGHUP replaces every process."""
 
 UPSTREAM_SETTINGS = """\
 settings (environment variables; README.md, "Configuration"):
@@ -59,9 +72,10 @@ def _scopes(text: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    sub = root.add_subparsers(dest="command", required=True, metavar="{serve,upstream,token}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="{serve,jobs,upstream,token}")
     for name, summary, settings in (
         ("serve", "the API: gunicorn workers, each serving HTTP and gRPC", SERVE_SETTINGS),
+        ("jobs", "the background job consumers: gunicorn workers, each consuming the queue", JOBS_SETTINGS),
         ("upstream", "the quotes dependency, with fault injection", UPSTREAM_SETTINGS),
     ):
         sub.add_parser(
@@ -113,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from app import gunicorn_server
-    from app.worker import API, UPSTREAM
+    from app.worker import API, JOBS, UPSTREAM
 
-    role = API if args.command == "serve" else UPSTREAM
+    role = {"serve": API, "jobs": JOBS}.get(args.command, UPSTREAM)
     if problems := gunicorn_server.configuration_problems(settings, role):
         print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
         return 2

@@ -96,6 +96,16 @@ class Settings(BaseSettings):
     # Access lines always go to stdout as JSON; over OTLP only on request (they repeat the server span).
     otlp_access_logs: bool = False
 
+    # Background jobs (`python -m app jobs`): processes, jobs each runs at once, and the queue's policy.
+    jobs_port: Annotated[int, Field(ge=1, le=65535)] = 8082  # its probes and /metrics
+    jobs_processes: Annotated[int, Field(ge=1, le=64)] = 2
+    jobs_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    jobs_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    jobs_visibility_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    jobs_retry_base_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    jobs_retry_cap_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    jobs_max_queued: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+
     upstream_port: Annotated[int, Field(ge=1, le=65535)] = 8081
     upstream_url: str = "http://127.0.0.1:8081"
     upstream_connect_timeout_s: Annotated[float, Field(gt=0, le=30)] = 0.25

@@ -31,12 +31,16 @@ from app.domain.compute import POOL_TASKS, ComputeService
 from app.domain.crypto import CryptoService
 from app.domain.edge import EdgePolicy
 from app.domain.items import ItemStore
+from app.domain.job_kinds import JobKinds
+from app.domain.job_service import JobService
+from app.domain.jobs import Backoff, JobQueue
 from app.domain.quotes import QuoteService
 from app.domain.services import Services
 from app.http import access_log
 from app.resilience.ratelimit import RateLimiter
 from app.runtime import handover
 from app.runtime.chaos_injector import ChaosInjector
+from app.runtime.job_consumer import JobConsumer
 from app.runtime.pool import WorkerPool
 from app.runtime.probes import LoopLagProbe, WakeupDelaySampler
 from app.settings import Settings
@@ -58,29 +62,33 @@ REDIS_HEALTH_CHECK_INTERVAL_S = 30
 
 @dataclass(frozen=True)
 class Role:
-    """What a deployment serves: `API` (HTTP + gRPC) or `UPSTREAM` (the quotes dependency)."""
+    """What a deployment serves: `API` (HTTP + gRPC), `JOBS` (the job consumers, with probes and /metrics
+    over HTTP) or `UPSTREAM` (the quotes dependency)."""
 
     name: str
     service_name: str
 
     def port(self, settings: Settings) -> int:
-        return settings.http_port if self is API else settings.upstream_port
+        return {API: settings.http_port, JOBS: settings.jobs_port}.get(self, settings.upstream_port)
 
     def listeners(self, settings: Settings) -> list[tuple[str, int, bool]]:
         """(setting, port, shared by the workers through SO_REUSEPORT) for every port it listens on."""
         if self is API:
             return [("HTTP_PORT", settings.http_port, False), ("GRPC_PORT", settings.grpc_port, True)]
+        if self is JOBS:
+            return [("JOBS_PORT", settings.jobs_port, False)]
         return [("UPSTREAM_PORT", settings.upstream_port, False)]
 
     def workers(self, settings: Settings) -> int:
-        return settings.web_concurrency if self is API else 1
+        return {API: settings.web_concurrency, JOBS: settings.jobs_processes}.get(self, 1)
 
     def threads(self, settings: Settings) -> int:
-        return settings.http_threads if self is API else 16
+        return {API: settings.http_threads, JOBS: 4}.get(self, 16)
 
 
 API = Role("api", "platform-api")
 UPSTREAM = Role("upstream", "quotes-upstream")
+JOBS = Role("jobs", "platform-jobs")
 
 
 def build_services(settings: Settings) -> Services:
@@ -104,18 +112,28 @@ def build_services(settings: Settings) -> Services:
     )
     auth = Authenticator(settings)
     ratelimiter = RateLimiter(settings, connection_pool=pool)
+    items = ItemStore(client, settings, chaos)
+    compute = ComputeService(worker_pool)
+    queue = JobQueue(
+        client,
+        max_attempts=settings.jobs_max_attempts,
+        visibility_timeout_s=settings.jobs_visibility_timeout_s,
+        max_queued=settings.jobs_max_queued,
+        backoff=Backoff(settings.jobs_retry_base_s, settings.jobs_retry_cap_s),
+    )
     return Services(
         settings=settings,
         redis=client,
-        items=ItemStore(client, settings, chaos),
+        items=items,
         crypto=CryptoService.from_settings(settings),
-        compute=ComputeService(worker_pool),
+        compute=compute,
         quotes=QuoteService(settings),
         auth=auth,
         ratelimiter=ratelimiter,
         edge=EdgePolicy(auth, ratelimiter),
         chaos=chaos,
         pool=worker_pool,
+        jobs=JobService(queue, JobKinds(compute, items)),
     )
 
 
@@ -129,6 +147,7 @@ class Worker:
     wsgi: WSGIApplication
     services: Services | None = None
     grpc: GrpcServer | None = None
+    consumer: JobConsumer | None = None
     _background: list[LoopLagProbe | WakeupDelaySampler | ChaosInjector] = field(default_factory=list)
     _grpc_stopper: threading.Thread | None = None
     _shutdown_begun: bool = False
@@ -147,6 +166,11 @@ class Worker:
         from app.rpc.server import GrpcServer
 
         services.start()
+        if (consumer := self.consumer) is not None:
+            consumer.start()
+            services.add_readiness_check("job consumer stopped", lambda: consumer.running)
+            log.info("worker ready", extra={"consumer": consumer.name})
+            return
         self.grpc = grpc_server = GrpcServer(services, self.settings, self.instance_id)
         grpc_server.start()
         services.add_readiness_check("grpc not serving", lambda: grpc_server.serving)
@@ -167,6 +191,8 @@ class Worker:
             self._shutdown_begun = True
         if self.services is not None:
             self.services.begin_shutdown()
+        if self.consumer is not None:
+            self.consumer.begin_shutdown()  # takes no new job; those in hand finish in `stop`
         return True
 
     def drain(self) -> None:
@@ -198,6 +224,8 @@ class Worker:
             self.grpc.stop(1.0)
         for part in self._background:
             part.stop()
+        if self.consumer is not None:
+            self.consumer.stop(max(0.0, deadline - time.monotonic() - 2.0))
         if self.services is not None:
             self.services.close(timeout=max(0.0, deadline - time.monotonic() - 1.0))
         self.telemetry.shutdown(timeout_s=max(0.5, min(5.0, deadline - time.monotonic())))
@@ -216,9 +244,13 @@ def build_worker(settings: Settings, role: Role) -> Worker:
         return Worker(
             settings, role, telemetry, create_upstream_app(settings, instance_id=telemetry.instance_id)
         )
-    from app.http import create_app
+    from app.http import create_app, create_probe_app
 
     services = build_services(settings)
+    if role is JOBS:
+        consumer = JobConsumer(services.jobs, services.chaos, concurrency=settings.jobs_concurrency)
+        probes = create_probe_app(services)
+        return Worker(settings, role, telemetry, probes, services, consumer=consumer)
     return Worker(
         settings, role, telemetry, create_app(settings, services, instance_id=telemetry.instance_id), services
     )

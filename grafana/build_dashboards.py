@@ -1,7 +1,7 @@
 """Generate the provisioned Grafana dashboards: `python grafana/build_dashboards.py`.
 
 The JSON in grafana/dashboards/ is what Grafana loads; grafana/dashboard_builder/ is its source, so that
-ids, grid positions and data source references stay consistent across four dashboards. Edit there,
+ids, grid positions and data source references stay consistent across five dashboards. Edit there,
 regenerate, commit both (tests/stack/test_dashboards.py fails when the JSON is stale).
 """
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dashboard_builder import dependencies, logs_traces, overview, runtime
+from dashboard_builder import dependencies, jobs, logs_traces, overview, runtime
 from dashboard_builder.queries import Json
 
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
@@ -22,6 +22,7 @@ DASHBOARDS: dict[str, Callable[[], Json]] = {
     "platform-runtime.json": runtime.build,
     "platform-dependencies.json": dependencies.build,
     "platform-logs-traces.json": logs_traces.build,
+    "platform-jobs.json": jobs.build,
 }
 
 

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
     # scenario: {"app": body for POST /admin/chaos, "upstream": body for POST upstream /chaos}
     "steady": {},
-    "errors": {"app": {"redis_error_rate": 0.8}},
+    "errors": {"app": {"redis_error_rate": 0.8, "job_failure_rate": 0.5}},
     "slow": {"app": {"loop_block_ms": 500, "gil_block_ms": 600}, "upstream": {"latency_ms": 900}},
     "breaker": {"upstream": {"error_rate": 1.0}},
 }
@@ -71,6 +71,7 @@ REAPPLY_S = 60
 TOKEN_TTL_S = 3600
 SYMBOLS = ("ACME", "GLOBEX", "INITECH", "HOOLI", "UMBRELLA")
 KEYS_PER_USER = 20  # bounds the item key space a run can create
+JOBS_REMEMBERED = 20  # job ids a user keeps to read back
 GRPC_SERVICE = "/platform.v1.PlatformService/"
 
 
@@ -118,6 +119,7 @@ class HttpApiUser(FastHttpUser):
         self.token = Token(subject("http"), ["read", "write"])
         self.prefix = f"lg-http-{uuid.uuid4().hex[:8]}"
         self.stored: set[str] = set()
+        self.jobs: list[str] = []
         self.scrypt_next = False
         # Every operation once up front, so that even a short run exercises the whole API.
         for operation in (
@@ -133,6 +135,8 @@ class HttpApiUser(FastHttpUser):
             self.hash_password,
             self.count_primes,
             self.get_quote,
+            self.submit_job,
+            self.get_job,
         ):
             operation()
 
@@ -186,6 +190,32 @@ class HttpApiUser(FastHttpUser):
             "/v1/items/{key}",
             path_args={"key": key},
             check=lambda d: None if d and d.get("key") == key else f"wrong item: {d}",
+        )
+
+    @task(2)
+    def submit_job(self) -> None:
+        """A background job (run by `python -m app jobs`): prime counts, or an import of a few keys."""
+        if random.random() < 0.5:
+            body: dict[str, Any] = {"kind": "primes", "params": {"limits": [random.randint(1_000, 50_000)]}}
+        else:
+            items = {f"{self.prefix}-job-{i}": {"n": i} for i in range(random.randint(1, 5))}
+            body = {"kind": "import", "params": {"items": items}}
+        job = self.call("POST", "/v1/jobs", body=body, expect=(202,))
+        if job is not None:
+            self.jobs.append(job["id"])
+            del self.jobs[:-JOBS_REMEMBERED]
+
+    @task(3)
+    def get_job(self) -> None:
+        if not self.jobs:
+            self.submit_job()
+            return
+        job_id = random.choice(self.jobs)
+        self.call(
+            "GET",
+            "/v1/jobs/{job_id}",
+            path_args={"job_id": job_id},
+            check=lambda d: None if d and d.get("id") == job_id else f"wrong job: {d}",
         )
 
     @task(4)
@@ -266,6 +296,7 @@ class GrpcApiUser(User):
         self.prefix = f"lg-grpc-{uuid.uuid4().hex[:8]}"
         self.stored: set[str] = set()
         self.scrypt_next = False
+        self.jobs: list[str] = []
         self.channel = grpc.insecure_channel(GRPC_TARGET)
         # The generated stub module has no annotations (app/rpc/client.py does the same).
         self.stub = pb_grpc.PlatformServiceStub(self.channel)
@@ -279,15 +310,26 @@ class GrpcApiUser(User):
             self.count_primes,
             self.get_quote,
             self.watch_quotes,
+            self.submit_job,
+            self.get_job,
+            self.replay_dead_jobs,
         ):
             operation()
 
     def on_stop(self) -> None:
         self.channel.close()
 
-    def call(self, method: str, request: Any, *, stream: bool = False, timeout: float = 10.0) -> Any:
+    def call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        stream: bool = False,
+        timeout: float = 10.0,
+        token: Token | None = None,
+    ) -> Any:
         """One RPC reported to Locust under its full method name (a server stream counts once, whole)."""
-        metadata = (("authorization", self.token.header()),)
+        metadata = (("authorization", (token or self.token).header()),)
         start = time.perf_counter()
         response: Any = None
         error: Exception | None = None
@@ -379,6 +421,26 @@ class GrpcApiUser(User):
     def count_primes(self) -> None:
         self.call("CountPrimes", pb.CountPrimesRequest(limit=random.randint(50_000, 200_000)))
 
+    @task(2)
+    def submit_job(self) -> None:
+        params = struct_pb2.Struct()
+        params.update({"limits": [random.randint(1_000, 50_000)]})
+        job = self.call("SubmitJob", pb.SubmitJobRequest(kind="primes", params=params))
+        if job is not None:
+            self.jobs.append(job.id)
+            del self.jobs[:-JOBS_REMEMBERED]
+
+    @task(3)
+    def get_job(self) -> None:
+        if not self.jobs:
+            self.submit_job()
+            return
+        self.call("GetJob", pb.GetJobRequest(id=random.choice(self.jobs)))
+
+    def replay_dead_jobs(self) -> None:
+        admin = Token(subject("grpc-admin"), ["admin"])
+        self.call("ReplayDeadJobs", pb.ReplayDeadJobsRequest(limit=100), token=admin)
+
 
 class ChaosController(FastHttpUser):
     """Exactly one per run: holds the scenario's faults on (or just watches in `steady`), resets at stop."""
@@ -392,10 +454,14 @@ class ChaosController(FastHttpUser):
         self.applied_at = float("-inf")
         self.hold_faults()
         self.watch()
+        # Jobs the `errors` scenario's failures dead-lettered in an earlier run go back to the queue.
+        self.chaos_request("jobs", "POST", {"limit": 100})
 
     def chaos_request(self, target: str, method: str, body: Any = None) -> bool:
         if target == "app":
             url, name = "/admin/chaos", "/admin/chaos"
+        elif target == "jobs":
+            url, name = "/admin/jobs/replay", "/admin/jobs/replay"
         else:
             url, name = f"{UPSTREAM_URL}/chaos", "upstream /chaos"
         headers = {"Authorization": self.token.header()}

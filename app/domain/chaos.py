@@ -31,6 +31,13 @@ REFRESH_S = 1.0
 DEFAULT_TTL_S = 300
 MAX_TTL_S = 3600
 MAX_BLOCK_MS = 5000
+MAX_JOB_DELAY_MS = 60_000
+RATES = ("redis_error_rate", "job_failure_rate")
+DELAYS = {"loop_block_ms": MAX_BLOCK_MS, "gil_block_ms": MAX_BLOCK_MS, "job_delay_ms": MAX_JOB_DELAY_MS}
+
+
+class InjectedFault(Exception):
+    """A failure chaos asked for (not a DomainError: to the code that meets it, it is any failure)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +45,19 @@ class ChaosState:
     redis_error_rate: float = 0.0  # share of item-store Redis calls failed on purpose, 0..1
     loop_block_ms: int = 0  # block the gRPC event loop this long, once a second
     gil_block_ms: int = 0  # hold the GIL this long, once a second
+    job_failure_rate: float = 0.0  # share of job attempts failed on purpose, 0..1
+    job_delay_ms: int = 0  # every job attempt takes this much longer, before its work
     expires_at: float = 0.0  # unix seconds when the faults end; 0 when none are set
 
     @property
     def active(self) -> bool:
-        return bool(self.redis_error_rate or self.loop_block_ms or self.gil_block_ms)
+        return bool(
+            self.redis_error_rate
+            or self.loop_block_ms
+            or self.gil_block_ms
+            or self.job_failure_rate
+            or self.job_delay_ms
+        )
 
 
 NO_FAULTS = ChaosState()
@@ -94,9 +109,7 @@ class ChaosControl:
         """
         if not isinstance(changes, Mapping):
             raise InvalidArgument("expected an object", field="body")
-        unknown = sorted(
-            set(changes) - {"redis_error_rate", "loop_block_ms", "gil_block_ms", "ttl_s", "reset"}
-        )
+        unknown = sorted(set(changes) - {*RATES, *DELAYS, "ttl_s", "reset"})
         if unknown:
             raise InvalidArgument(f"unknown field {unknown[0]!r}", field=str(unknown[0]))
         reset = changes.get("reset", False)
@@ -104,11 +117,12 @@ class ChaosControl:
             raise InvalidArgument("must be true or false", field="reset")
         ttl_s = _int_in(changes.get("ttl_s", DEFAULT_TTL_S), "ttl_s", 1, MAX_TTL_S)
         updates: dict[str, Any] = {}
-        if "redis_error_rate" in changes:
-            updates["redis_error_rate"] = _rate(changes["redis_error_rate"])
-        for name in ("loop_block_ms", "gil_block_ms"):
+        for name in RATES:
             if name in changes:
-                updates[name] = _int_in(changes[name], name, 0, MAX_BLOCK_MS)
+                updates[name] = _rate(changes[name], name)
+        for name, high in DELAYS.items():
+            if name in changes:
+                updates[name] = _int_in(changes[name], name, 0, high)
         try:
             if reset:
                 self._redis.delete(CHAOS_KEY)
@@ -133,6 +147,14 @@ class ChaosControl:
         if rate and self._rng() < rate:
             raise DependencyUnavailable("redis unavailable", retry_after_s=1)
 
+    def maybe_fail_job(self) -> None:
+        """Called before each job attempt's work: delay it, then fail the configured share of them."""
+        state = self.get()
+        if state.job_delay_ms:
+            time.sleep(state.job_delay_ms / 1000)
+        if state.job_failure_rate and self._rng() < state.job_failure_rate:
+            raise InjectedFault("job failed on purpose (chaos job_failure_rate)")
+
     def _load(self) -> ChaosState:
         raw: bytes | None = self._redis.get(CHAOS_KEY)  # type: ignore[assignment]  # sync client
         if raw is None:
@@ -143,6 +165,8 @@ class ChaosControl:
                 redis_error_rate=float(data["redis_error_rate"]),
                 loop_block_ms=int(data["loop_block_ms"]),
                 gil_block_ms=int(data["gil_block_ms"]),
+                job_failure_rate=float(data.get("job_failure_rate", 0.0)),
+                job_delay_ms=int(data.get("job_delay_ms", 0)),
                 expires_at=float(data["expires_at"]),
             )
         except (ValueError, KeyError, TypeError):
@@ -156,7 +180,7 @@ def _int_in(value: object, field: str, low: int, high: int) -> int:
     return value
 
 
-def _rate(value: object) -> float:
+def _rate(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise InvalidArgument("must be a number from 0 to 1", field="redis_error_rate")
+        raise InvalidArgument("must be a number from 0 to 1", field=field)
     return float(value)

@@ -1,9 +1,10 @@
 """JSON items in Redis (the source of truth) with an in-process TTL cache in front.
 
-Layout: one hash per item, `platform:item:<key>` = {value: <json>, version: <int>}. A put is one Lua
-script (one round trip, atomic): it checks `if_version` (0 means "must not exist"), bumps the version,
-sets or clears the expiry and PUBLISHes `<version>:<key>` on `platform:items:invalidate`. A delete is
-DEL + PUBLISH in one MULTI/EXEC.
+Layout: one hash per item, `platform:item:<key>` = {value: <json>, version: <int>, fence: <int>}, the fence
+only once a fenced writer (a job) has written it. A put is one Lua script (one round trip, atomic): it
+checks `if_version` (0 means "must not exist") and the writer's fencing token, bumps the version, sets or
+clears the expiry and PUBLISHes `<version>:<key>` on `platform:items:invalidate`. A delete is DEL +
+PUBLISH in one MULTI/EXEC.
 
 Cache coherence across workers (and instances):
 - every worker runs a listener thread subscribed to the channel; a message evicts the key unless the
@@ -75,6 +76,11 @@ _PUT_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then
   return {-1, current}
+end
+if ARGV[6] ~= '' then
+  local newest = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+  if tonumber(ARGV[6]) < newest then return {-2, newest} end
+  redis.call('HSET', KEYS[1], 'fence', ARGV[6])
 end
 local version = current + 1
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'version', version)
@@ -190,7 +196,18 @@ class ItemStore:
         self._fill(key, item, ttl_ms, generation, len(value_raw))
         return Item(key, item.value, item.version, _ceil_s(ttl_ms))
 
-    def put(self, key: str, value: JSON, *, ttl_s: int | None = None, if_version: int | None = None) -> Item:
+    def put(
+        self,
+        key: str,
+        value: JSON,
+        *,
+        ttl_s: int | None = None,
+        if_version: int | None = None,
+        fence: int | None = None,
+    ) -> Item:
+        """Write an item. `fence`: the writer's fencing token (a job attempt's, app.domain.jobs); a write
+        with a token older than the newest this item has seen is refused, so a writer paused past its
+        lease cannot overwrite what a newer one wrote."""
         _check_key(key)
         if ttl_s is not None and (
             isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S
@@ -221,10 +238,16 @@ class ItemStore:
         result = self._call(
             "EVALSHA",
             lambda: self._put_script(
-                keys=[ITEM_PREFIX + key], args=[encoded, ttl_arg, version_arg, CHANNEL, key]
+                keys=[ITEM_PREFIX + key],
+                args=[encoded, ttl_arg, version_arg, CHANNEL, key, "" if fence is None else str(fence)],
             ),
         )
         version, current = int(result[0]), int(result[1])
+        if version == -2:
+            raise Conflict(
+                f"a newer writer (fencing token {current}) has written this item; token {fence} is stale",
+                field="fence",
+            )
         if version < 0:
             raise Conflict(f"item is at version {current}, not {if_version}", field="if_version")
         # Decode what was stored, so this worker's copy equals what any other worker reads from Redis.

@@ -21,6 +21,7 @@ from app.domain.compute import ComputeService, TaskPool
 from app.domain.crypto import CryptoService
 from app.domain.edge import EdgePolicy
 from app.domain.items import ItemStore
+from app.domain.job_service import JobService
 from app.domain.quotes import QuoteService
 from app.resilience.ratelimit import RateLimiter
 from app.settings import Settings
@@ -43,6 +44,7 @@ class Services:
     edge: EdgePolicy
     chaos: ChaosControl
     pool: TaskPool
+    jobs: JobService
     _checks: dict[str, Callable[[], bool]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _shutting_down: bool = field(default=False, init=False, repr=False)

@@ -8,15 +8,16 @@ from app.http.api import services
 from app.http.openapi import openapi_document
 from app.http.problems import problem
 
+probes = Blueprint("probes", __name__)
 bp = Blueprint("health", __name__)
 
 
-@bp.get("/healthz")
+@probes.get("/healthz")
 def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
-@bp.get("/readyz")
+@probes.get("/readyz")
 def readyz() -> Response:
     reasons = services().readiness()
     if reasons:
@@ -26,7 +27,7 @@ def readyz() -> Response:
     return jsonify({"status": "ready"})
 
 
-@bp.get("/metrics")
+@probes.get("/metrics")
 def metrics() -> Response:
     from app.telemetry.prometheus_bridge import render_metrics
 

@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 from app import __version__
-from app.domain import chaos, compute, crypto, items, quotes
+from app.domain import chaos, compute, crypto, items, job_kinds, jobs, quotes
 
 B64 = {"type": "string", "contentEncoding": "base64"}
 _B64_CHAR = "[A-Za-z0-9+/]"
@@ -91,12 +91,33 @@ QUOTE = _obj(
     as_of={"type": "number"},
     stale={"type": "boolean", "description": "served from the last good value: upstream failing"},
 )
+JOB = _obj(
+    ["id", "kind", "params", "status", "attempts", "submitted_at"],
+    id={"type": "string"},
+    kind={"type": "string"},
+    params={"type": "object"},
+    status={"enum": [str(s) for s in jobs.JobStatus]},
+    attempts={"type": "integer"},
+    submitted_at={"type": "number"},
+    started_at={"type": ["number", "null"]},
+    finished_at={"type": ["number", "null"]},
+    result={"description": "the kind's result, once succeeded"},
+    error={"type": ["string", "null"], "description": "the last attempt's error"},
+)
+JOB_PARAMS = (
+    "by kind: `primes` {limits: [integer]}, `hash` {inputs: [string], algorithm, params}, `import` "
+    f"{{items: {{key: value}}}}; at most {job_kinds.BATCH_MAX} limits or inputs, "
+    f"{job_kinds.IMPORT_MAX_ITEMS} items, {job_kinds.PARAMS_MAX_BYTES} bytes as JSON. Stored with the job: "
+    "no secrets"
+)
 CHAOS = {
     **_obj(
         [],
         redis_error_rate={"type": "number", "minimum": 0, "maximum": 1},
         loop_block_ms=int_range(0, chaos.MAX_BLOCK_MS),
         gil_block_ms=int_range(0, chaos.MAX_BLOCK_MS),
+        job_failure_rate={"type": "number", "minimum": 0, "maximum": 1},
+        job_delay_ms=int_range(0, chaos.MAX_JOB_DELAY_MS),
         ttl_s=int_range(1, chaos.MAX_TTL_S),
         reset={"type": "boolean"},
     ),
@@ -263,6 +284,38 @@ def openapi_document() -> dict[str, Any]:
                     params=("symbol",),
                 )
             },
+            "/v1/jobs": {
+                "post": {
+                    **_op(
+                        "Submit a background job (202; the same idempotency key within a day: 200, that job)",
+                        scope="write",
+                        body=_obj(
+                            ["kind"],
+                            kind={"enum": ["primes", "hash", "import"]},
+                            params={"type": "object", "description": JOB_PARAMS},
+                            idempotency_key=optional(
+                                {"type": "string", "minLength": 1, "maxLength": jobs.IDEMPOTENCY_KEY_MAX}
+                            ),
+                        ),
+                        ok=JOB,
+                        ok_status="202",
+                    ),
+                }
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    **_op("A job's status, attempts, timings and result or error", scope="read", ok=JOB),
+                    "parameters": [{"$ref": "#/components/parameters/job_id"}],
+                }
+            },
+            "/admin/jobs/replay": {
+                "post": _op(
+                    "Queue dead-lettered jobs again, oldest first, attempts reset",
+                    scope="admin",
+                    body=_obj([], limit=optional(int_range(1, 10_000))),
+                    ok=_obj(["replayed"], replayed={"type": "array", "items": {"type": "string"}}),
+                )
+            },
             "/admin/chaos": {
                 "get": _op("Current fault injection", scope="admin", ok=CHAOS),
                 "post": _op(
@@ -283,6 +336,12 @@ def openapi_document() -> dict[str, Any]:
                     "in": "path",
                     "required": True,
                     "schema": {"type": "string", "pattern": f"^{items.KEY_PATTERN}$"},
+                },
+                "job_id": {
+                    "name": "job_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": f"^[0-9a-f]{{{jobs.ID_LENGTH}}}$"},
                 },
                 "symbol": {
                     "name": "symbol",

@@ -14,8 +14,9 @@ Per call, in this order:
 
 | scope   | methods |
 |---------|---------|
-| `read`  | GetItem, GetQuote, WatchQuotes |
-| `write` | PutItem, DeleteItem, Encrypt, Decrypt, Sign, Verify, Hash, CountPrimes |
+| `read`  | GetItem, GetQuote, WatchQuotes, GetJob |
+| `write` | PutItem, DeleteItem, Encrypt, Decrypt, Sign, Verify, Hash, CountPrimes, SubmitJob |
+| `admin` | ReplayDeadJobs |
 
 Other services on the same server (grpc.health.v1.Health, reflection) pass through untouched: they need
 no token and are not application RED traffic.
@@ -68,6 +69,9 @@ METHOD_SCOPES: Mapping[str, str] = MappingProxyType(
         "Verify": WRITE_SCOPE,
         "Hash": WRITE_SCOPE,
         "CountPrimes": WRITE_SCOPE,
+        "SubmitJob": WRITE_SCOPE,
+        "GetJob": READ_SCOPE,
+        "ReplayDeadJobs": auth.ADMIN,
     }
 )
 

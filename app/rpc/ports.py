@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from app.domain.edge import Admission
+from app.domain.jobs import Job
 from app.domain.models import (
     JSON,
     HashResult,
@@ -52,6 +53,12 @@ class QuotesPort(Protocol):
     def get(self, symbol: str, *, deadline_s: float | None = None) -> Quote: ...
 
 
+class JobsPort(Protocol):
+    def submit(self, kind: str, params: JSON, *, idempotency_key: str | None = None) -> tuple[Job, bool]: ...
+    def get(self, job_id: str) -> Job: ...
+    def replay_dead(self, limit: int = 100) -> list[str]: ...
+
+
 class EdgePort(Protocol):
     def admit(self, authorization: str | None, scope: str) -> Admission: ...
 
@@ -69,3 +76,5 @@ class RpcServices(Protocol):
     def quotes(self) -> QuotesPort: ...
     @property
     def edge(self) -> EdgePort: ...
+    @property
+    def jobs(self) -> JobsPort: ...

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from app.domain.errors import InvalidArgument
+from app.domain.jobs import Job
 from app.domain.models import Item, Quote, Sealed
 from app.rpc.convert import python_to_value, value_to_python
 from app.rpc.platform.v1 import platform_pb2 as pb
@@ -31,6 +32,7 @@ WATCH_COUNT_RANGE = (1, 100)
 WATCH_INTERVAL_MS_RANGE = (100, 10_000)
 WATCH_DEFAULT_COUNT = 10
 WATCH_DEFAULT_INTERVAL_MS = 1000
+REPLAY_DEFAULT = 100
 
 
 def item_to_pb(item: Item) -> pb.Item:
@@ -51,6 +53,26 @@ def quote_to_pb(quote: Quote) -> pb.Quote:
         as_of=Timestamp(seconds=seconds, nanos=nanos),
         stale=quote.stale,
     )
+
+
+def job_to_pb(job: Job, *, created: bool = False) -> pb.Job:
+    msg = pb.Job(
+        id=job.id,
+        kind=job.kind,
+        status=str(job.status),
+        attempts=job.attempts,
+        submitted_at=job.submitted_at,
+        created=created,
+    )
+    msg.params.update(job.params)  # a JSON object, checked when submitted
+    python_to_value(job.result, msg.result)
+    if job.started_at is not None:
+        msg.started_at = job.started_at
+    if job.finished_at is not None:
+        msg.finished_at = job.finished_at
+    if job.error is not None:
+        msg.error = job.error
+    return msg
 
 
 def _in_range(value: int, bounds: tuple[int, int], field: str) -> int:
@@ -163,6 +185,32 @@ class PlatformServicer(pb_grpc.PlatformServiceServicer):
     def _count_primes(self, request: pb.CountPrimesRequest) -> pb.CountPrimesResponse:
         result = self._services.compute.primes(request.limit)
         return pb.CountPrimesResponse(limit=result.limit, count=result.count)
+
+    # --- jobs ------------------------------------------------------------------------------------------
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return await self._offload(self._submit_job, request)
+
+    def _submit_job(self, request: pb.SubmitJobRequest) -> pb.Job:
+        params = {k: value_to_python(v, field="params") for k, v in request.params.fields.items()}
+        key = request.idempotency_key if request.HasField("idempotency_key") else None
+        job, created = self._services.jobs.submit(request.kind, params, idempotency_key=key)
+        return job_to_pb(job, created=created)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return await self._offload(self._get_job, request)
+
+    def _get_job(self, request: pb.GetJobRequest) -> pb.Job:
+        return job_to_pb(self._services.jobs.get(request.id))
+
+    async def ReplayDeadJobs(
+        self, request: pb.ReplayDeadJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReplayDeadJobsResponse:
+        return await self._offload(self._replay_dead_jobs, request)
+
+    def _replay_dead_jobs(self, request: pb.ReplayDeadJobsRequest) -> pb.ReplayDeadJobsResponse:
+        limit = request.limit if request.HasField("limit") else REPLAY_DEFAULT
+        return pb.ReplayDeadJobsResponse(ids=self._services.jobs.replay_dead(limit))
 
     # --- quotes ----------------------------------------------------------------------------------------
 

@@ -53,6 +53,9 @@ GaugeMode = Literal["liveall", "livemax", "livesum"]
 GAUGE_MODES: dict[str, GaugeMode] = {
     "platform.circuit_breaker.state": "liveall",
     "platform.build.info": "livemax",
+    # Every jobs worker reads the same queue: one value, not one per worker.
+    "platform.jobs.queue.depth": "livemax",
+    "platform.jobs.oldest_age": "livemax",
 }
 
 

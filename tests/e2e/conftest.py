@@ -250,6 +250,34 @@ def start_api(
     return proc
 
 
+def start_jobs(env: dict[str, str], tmp_path: Path, processes: int = 2) -> Proc:
+    """`python -m app jobs`, with a short visibility timeout and backoff (jobs are reclaimed and retried
+    within seconds), ready once every worker process is."""
+    port = free_port()
+    metrics_dir = tmp_path / f"metrics-{port}"
+    metrics_dir.mkdir()
+    env = {
+        **env,
+        "JOBS_PORT": str(port),
+        "JOBS_PROCESSES": str(processes),
+        "JOBS_CONCURRENCY": "1",
+        "JOBS_VISIBILITY_TIMEOUT_S": "2",
+        "JOBS_MAX_ATTEMPTS": "3",
+        "JOBS_RETRY_BASE_S": "0.05",
+        "JOBS_RETRY_CAP_S": "0.2",
+        "DRAIN_DELAY_S": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    proc = spawn("jobs", ["jobs"], env, port)
+
+    def ready() -> bool:
+        proc.check_alive()
+        return len(proc.worker_pids()) == processes and proc.request("GET", "/readyz").status == 200
+
+    wait_until(ready, timeout=30, message=lambda: f"the jobs deployment to be ready\n{proc.log.text()}")
+    return proc
+
+
 def mint(env: dict[str, str], sub: str, scope: str = "read write admin", ttl: int = 600) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "app", "token", "--sub", sub, "--scope", scope, "--ttl", str(ttl)],

@@ -20,15 +20,19 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 
+from app.domain.items import ITEM_PREFIX
 from app.rpc.platform.v1 import platform_pb2 as pb
 from tests.conftest import ROOT, free_port, wait_until
-from tests.e2e.conftest import Proc, base_env, mint, start_api, start_upstream
+from tests.e2e.conftest import Proc, base_env, mint, start_api, start_jobs, start_upstream
 from tests.e2e.otlp_receiver import OtlpReceiver
 from tests.stack.panel_queries import panel_queries
 from tests.stack.prometheus_config import write_scrape_path_config
 
 pytestmark = pytest.mark.e2e
+
+BLOCKED = "prom-blocked"  # an item whose imports always fail: see `observed`
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Prometheus:
 class Observed:
     api: Proc
     upstream: Proc
+    jobs: Proc
     prometheus: Prometheus
     token: str
     admin: str
@@ -75,10 +80,21 @@ def observed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
         OTEL_METRIC_EXPORT_INTERVAL="1000",
     )
+    # An item a newer writer holds (a fencing token no attempt has): imports of it retry, then die, so the
+    # retry and dead-letter panels have data.
+    client = redis.Redis.from_url(redis_server, socket_timeout=2)
+    client.hset(f"{ITEM_PREFIX}{BLOCKED}", mapping={"value": "0", "version": 1, "fence": 10**12})
+    client.close()
     upstream = start_upstream(env)
     api = start_api(env, upstream)
+    jobs = start_jobs(env, tmp)
     port = free_port()
-    config = write_scrape_path_config(tmp, api=f"127.0.0.1:{api.port}", upstream=f"127.0.0.1:{upstream.port}")
+    config = write_scrape_path_config(
+        tmp,
+        api=f"127.0.0.1:{api.port}",
+        upstream=f"127.0.0.1:{upstream.port}",
+        jobs=f"127.0.0.1:{jobs.port}",
+    )
     popen = subprocess.Popen(
         [
             binary,
@@ -93,10 +109,11 @@ def observed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     prom = Prometheus(f"http://127.0.0.1:{port}", popen)
     try:
         wait_until(lambda: prom.get("/api/v1/status/runtimeinfo"), timeout=30, message="prometheus up")
-        yield Observed(api, upstream, prom, mint(env, "prom-load"), mint(env, "prom-admin", "admin"))
+        yield Observed(api, upstream, jobs, prom, mint(env, "prom-load"), mint(env, "prom-admin", "admin"))
     finally:
         popen.terminate()
         popen.wait(10)
+        jobs.stop()
         api.stop()
         upstream.stop()
         receiver.stop()
@@ -117,6 +134,9 @@ def drive_load(o: Observed, seconds: float) -> None:
         o.api.request("POST", "/v1/crypto/sign", {"message": b64}, token=t)
         o.api.request("POST", "/v1/compute/hash", {"password": b64, "params": {"n": 1024}}, token=t)
         o.api.request("DELETE", f"/v1/items/load-{(i + 7) % 20}", token=t)
+        o.api.request("POST", "/v1/jobs", {"kind": "primes", "params": {"limits": [1000 + i]}}, token=t)
+        if i % 8 == 0:
+            o.api.request("POST", "/v1/jobs", {"kind": "import", "params": {"items": {BLOCKED: i}}}, token=t)
 
     def grpc_round(i: int) -> None:
         calls = [
@@ -265,10 +285,11 @@ def test_metrics_match_the_contract_both_ways(observed: Observed) -> None:
     contract = service_metric_names()
     assert len(contract) > 20
     trip_breaker_once(observed)  # transitions are counted only once one happened
-    text = observed.api.request("GET", "/metrics").body.decode()
-    exposed = exposed_names(text)
-    assert sorted(set(contract) - exposed) == [], "listed in docs/telemetry.md but not emitted"
+    exposed = exposed_names(observed.api.request("GET", "/metrics").body.decode())
+    jobs = exposed_names(observed.jobs.request("GET", "/metrics").body.decode())
+    assert sorted(set(contract) - exposed - jobs) == [], "listed in docs/telemetry.md but not emitted"
     assert sorted(exposed - set(contract)) == [], "emitted but not listed in docs/telemetry.md"
+    assert sorted(jobs - set(contract)) == [], "emitted by the jobs deployment but not listed"
     # The upstream is a second service with the same instrumentation; it emits only listed names too.
     upstream = exposed_names(observed.upstream.request("GET", "/metrics").body.decode())
     assert upstream

@@ -108,15 +108,17 @@ def settings_for_tests() -> Settings:
 
 @functools.cache
 def get_routes(role: str) -> frozenset[str]:
-    """GET routes of the real Flask apps (`serve` -> api, `upstream`), built as a worker builds them; the
-    services are wired but never started (nothing connects), and telemetry is the distro's business."""
-    from app.http import create_app
+    """GET routes of the real Flask apps (`serve` -> api, `jobs`, `upstream`), built as a worker builds them;
+    the services are wired but never started (nothing connects), and telemetry is the distro's business."""
+    from app.http import create_app, create_probe_app
     from app.upstream import create_upstream_app
     from app.worker import build_services
 
     settings = settings_for_tests()
     if role == "api":
         flask_app: Flask = create_app(settings, build_services(settings), instance_id="k8s")
+    elif role == "jobs":
+        flask_app = create_probe_app(build_services(settings))
     else:
         flask_app = create_upstream_app(settings)
     return frozenset(r.rule for r in flask_app.url_map.iter_rules() if r.methods and "GET" in r.methods)

@@ -84,9 +84,9 @@ def prestop_seconds(container: Manifest) -> float:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_both_services_are_deployed(overlay: str) -> None:
+def test_every_role_is_deployed(overlay: str) -> None:
     roles = {role for role, *_ in app_containers(render(f"overlays/{overlay}"))}
-    assert roles == {"serve", "upstream"}
+    assert roles == {"serve", "jobs", "upstream"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -94,8 +94,8 @@ def test_probes_use_routes_and_ports_the_service_has(overlay: str) -> None:
     objects = render(f"overlays/{overlay}")
     for role, _, _, container in app_containers(objects):
         env = container_env(objects, container)
-        routes = get_routes("api" if role == "serve" else "upstream")
-        http_port = setting(env, "http_port" if role == "serve" else "upstream_port")
+        routes = get_routes({"serve": "api"}.get(role, role))
+        http_port = setting(env, {"serve": "http_port", "jobs": "jobs_port"}.get(role, "upstream_port"))
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = container[kind]["httpGet"]
             assert probe["path"] in routes, (role, kind, probe["path"], sorted(routes))
@@ -296,7 +296,8 @@ def test_network_policies_allow_what_the_service_dials(overlay: str) -> None:
             for port in rule.get("ports", [])
         }
         env = container_env(objects, container)
-        dials = ["OTEL_EXPORTER_OTLP_ENDPOINT"] + (["UPSTREAM_URL", "REDIS_URL"] if role == "serve" else [])
+        own = {"serve": ["UPSTREAM_URL", "REDIS_URL"], "jobs": ["REDIS_URL"]}.get(role, [])
+        dials = ["OTEL_EXPORTER_OTLP_ENDPOINT", *own]
         for name in dials:
             url = urlsplit(env[name] or "")
             assert url.port in allowed, f"{role} dials {name}={env[name]}; egress allows {sorted(allowed)}"

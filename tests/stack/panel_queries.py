@@ -62,14 +62,21 @@ def panel_queries(
     """(dashboard uid, panel title, PromQL with variables substituted, source) for every Prometheus target.
 
     `variables` overrides tests.stack.promql.DEFAULT_VARIABLES ($job = platform/platform-api,
-    $instance = .*, $__rate_interval = 1m, $__range = 1h, ...).
+    $instance = .*, $__rate_interval = 1m, $__range = 1h, ...), and a dashboard's own default `$job` (the
+    jobs dashboard's is platform/platform-jobs) overrides the former.
     """
     out: list[PanelQuery] = []
     for dashboard in load_dashboards(directory).values():
+        own = {
+            v["name"]: v["current"]["value"]
+            for v in dashboard.get("templating", {}).get("list", [])
+            if v.get("name") == "job" and isinstance(v.get("current", {}).get("value"), str)
+        }
+        values = {**own, **(variables or {})}
         for panel in iter_panels(dashboard):
             for target in panel.get("targets", []):
                 if target_datasource_uid(panel, target) != PROMETHEUS_UID or target.get("hide"):
                     continue
-                expr = substitute(target["expr"], variables)
+                expr = substitute(target["expr"], values)
                 out.append(PanelQuery(dashboard["uid"], panel.get("title", ""), expr, source_of(expr)))
     return out

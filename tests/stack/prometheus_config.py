@@ -29,6 +29,7 @@ V3_ONLY_KEYS = ("otlp",)
 
 API_JOB = "platform/platform-api"
 UPSTREAM_JOB = "platform/quotes-upstream"
+JOBS_JOB = "platform/platform-jobs"
 
 
 def load_config(path: Path = CONFIG_FILE) -> dict[str, Any]:
@@ -44,29 +45,33 @@ def scrape_path_config(
     api: str,
     upstream: str,
     *,
+    jobs: str | None = None,
     scrape_interval: str = "1s",
     evaluation_interval: str = "1s",
     rules_dir: Path = RULES_DIR,
 ) -> dict[str, Any]:
     """The bundled config switched to the scrape path, for Debian's Prometheus 2.42 on this machine.
 
-    Keeps the two service jobs (same job names, full /metrics instead of liveness only), points them at
-    `api` and `upstream` (host:port), loads the rule files by absolute path, and drops what needs the
-    compose stack: the collector, Alertmanager and self scrapes, the alerting section and v3-only keys.
+    Keeps the service jobs (same job names, full /metrics instead of liveness only), points them at
+    `api`, `upstream` and, if given, `jobs` (host:port), loads the rule files by absolute path, and drops
+    what needs the compose stack: the collector, Alertmanager and self scrapes, the alerting section and
+    v3-only keys.
     """
     config = strip_v3_only(copy.deepcopy(load_config()))
     targets = {API_JOB: api, UPSTREAM_JOB: upstream}
-    jobs = []
+    if jobs is not None:
+        targets[JOBS_JOB] = jobs
+    kept = []
     for job in config["scrape_configs"]:
         if job["job_name"] in targets:
             job.pop("metric_relabel_configs", None)  # SCRAPE-PATH switch
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
             job["scrape_interval"] = scrape_interval
-            jobs.append(job)
-    missing = set(targets) - {job["job_name"] for job in jobs}
+            kept.append(job)
+    missing = set(targets) - {job["job_name"] for job in kept}
     if missing:
         raise ValueError(f"prometheus.yml has no scrape job named {sorted(missing)}")
-    config["scrape_configs"] = jobs
+    config["scrape_configs"] = kept
     config["global"] = {
         **config.get("global", {}),
         "scrape_interval": scrape_interval,

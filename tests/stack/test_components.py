@@ -60,6 +60,7 @@ def listening(
     return {
         "app": {int(app_env["HTTP_PORT"]), int(app_env["GRPC_PORT"])},
         "upstream": {int(services["upstream"]["environment"]["UPSTREAM_PORT"])},
+        "jobs": {int(services["jobs"]["environment"]["JOBS_PORT"])},
         "otel-collector": {
             host_port(receivers["grpc"]["endpoint"])[1],
             host_port(receivers["http"]["endpoint"])[1],

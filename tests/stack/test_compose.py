@@ -19,7 +19,7 @@ from tests.stack.compose_files import env_file, raw_compose, resolved_config, ru
 
 # Services whose image offers no way to run a healthcheck, or that serve nothing; docs/stack.md says why.
 NO_HEALTHCHECK = {"otel-collector", "tempo", "loadgen"}
-BUILT = {"app", "upstream", "loadgen"}
+BUILT = {"app", "jobs", "upstream", "loadgen"}
 # Optional variables: secrets the user supplies for non-dev runs; never given a value in .env.
 OPTIONAL_SECRETS = {"AUTH_SIGNING_KEY", "CRYPTO_KEYS", "CRYPTO_SIGNING_KEY", "GRAFANA_ADMIN_PASSWORD"}
 # Where each stateful service keeps its data: a named volume must be mounted there.

@@ -35,7 +35,13 @@ PROVIDERS_FILE = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 COMPOSE = ROOT / "compose.yaml"
 DOTENV = ROOT / ".env"
 
-EXPECTED_UIDS = {"platform-overview", "platform-runtime", "platform-dependencies", "platform-logs-traces"}
+EXPECTED_UIDS = {
+    "platform-overview",
+    "platform-runtime",
+    "platform-dependencies",
+    "platform-logs-traces",
+    "platform-jobs",
+}
 DATASOURCE_UIDS = {
     "prometheus": "prometheus",
     "loki": "loki",
@@ -94,7 +100,7 @@ def test_dashboard_files_are_what_the_generator_writes() -> None:
     assert not stale, f"stale dashboards {stale}: run python grafana/build_dashboards.py"
 
 
-def test_the_four_dashboards_have_stable_unique_uids() -> None:
+def test_the_dashboards_have_stable_unique_uids() -> None:
     uids = [d["uid"] for d in DASHBOARDS.values()]
     assert sorted(uids) == sorted(EXPECTED_UIDS)
     for path, dash in DASHBOARDS.items():

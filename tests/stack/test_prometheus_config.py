@@ -109,7 +109,13 @@ def test_compose_runs_prometheus_with_what_this_config_needs() -> None:
 
 
 def test_every_scrape_target_is_a_compose_service_port() -> None:
-    exposed = {"app": {8080, 50051}, "upstream": {8081}, "otel-collector": {8888}, "alertmanager": {9093}}
+    exposed = {
+        "app": {8080, 50051},
+        "jobs": {8082},
+        "upstream": {8081},
+        "otel-collector": {8888},
+        "alertmanager": {9093},
+    }
     for job in scrape_jobs().values():
         for target in targets_of(job):
             host, port = target.rsplit(":", 1)

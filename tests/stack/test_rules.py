@@ -61,6 +61,8 @@ def test_the_expected_alerts_exist() -> None:
             "PlatformServiceDown",
             "PlatformTelemetryAbsent",
             "PlatformCollectorDroppingData",
+            "PlatformJobsBacklog",
+            "PlatformJobsDeadLettered",
         }
     )
 

@@ -16,9 +16,11 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.rpc.convert import python_to_value
 from app.rpc.platform.v1 import platform_pb2 as pb
 from tests.e2e.hostile.conftest import SERVER_FAULTS, Hostile
 
@@ -71,9 +73,11 @@ def fill(message: Message, draw: st.DrawFn) -> None:
         elif field.message_type is not None and field.message_type.full_name == "google.protobuf.Value":
             target = getattr(message, name)
             value = draw(json_values | st.integers(20, 48).map(deep_list))
-            from app.rpc.convert import python_to_value
-
             python_to_value(value, target)
+        elif field.message_type is not None and field.message_type.full_name == "google.protobuf.Struct":
+            target = getattr(message, name)
+            python_to_value(draw(st.dictionaries(strings, json_values, max_size=4)), holder := Value())
+            target.CopyFrom(holder.struct_value)
         elif kind == FieldDescriptor.TYPE_STRING:
             setattr(message, name, draw(strings))
         elif kind == FieldDescriptor.TYPE_BYTES:

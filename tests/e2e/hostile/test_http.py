@@ -38,7 +38,12 @@ FIELDS = {
     "/v1/crypto/verify": ["message", "signature", "public_key"],
     "/v1/compute/hash": ["password", "salt", "algorithm", "params"],
     "/v1/compute/primes": ["limit"],
-    "/admin/chaos": ["redis_error_rate", "loop_block_ms", "gil_block_ms", "ttl_s", "reset"],
+    "/v1/jobs": ["kind", "params", "idempotency_key"],
+    "/admin/jobs/replay": ["limit"],
+    "/admin/chaos": [
+        *("redis_error_rate", "loop_block_ms", "gil_block_ms", "job_failure_rate", "job_delay_ms"),
+        *("ttl_s", "reset"),
+    ],
 }
 
 json_scalars = (

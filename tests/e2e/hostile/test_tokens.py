@@ -110,8 +110,15 @@ def test_admin_operations_need_the_admin_scope(hostile: Hostile) -> None:
         assert r.status == 403 and json.loads(r.body)["status"] == 403
         r = hostile.send(http_request(method, "/admin/chaos", token=hostile.token, body=body))
         assert r.status == 200, r.body
-    # gRPC serves no admin operation: its scope table has none, so none can be reached with read/write.
-    assert set(METHOD_SCOPES.values()) == {"read", "write"}
+    r = hostile.send(http_request("POST", "/admin/jobs/replay", token=no_admin, body=b"{}"))
+    assert r.status == 403
+    # gRPC's one admin operation refuses read/write, and takes the admin scope.
+    assert [m for m, scope in METHOD_SCOPES.items() if scope == "admin"] == ["ReplayDeadJobs"]
+    replay = pb.ReplayDeadJobsRequest().SerializeToString()
+    code, _ = hostile.rpc("ReplayDeadJobs", replay, [("authorization", f"Bearer {no_admin}")])
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    code, _ = hostile.rpc("ReplayDeadJobs", replay, [("authorization", f"Bearer {hostile.token}")])
+    assert code == grpc.StatusCode.OK
     # A read-only token gets PERMISSION_DENIED for a write RPC, as over HTTP.
     reader = mint(hostile.env, "reader", "read")
     delete = pb.DeleteItemRequest(key="k1").SerializeToString()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.domain.chaos import CHAOS_KEY, NO_FAULTS, ChaosControl
+from app.domain.chaos import CHAOS_KEY, NO_FAULTS, ChaosControl, InjectedFault
 from app.domain.errors import DependencyUnavailable, InvalidArgument
 from tests.conftest import PrivateRedis
 
@@ -50,6 +50,8 @@ def test_no_faults_by_default(clients: list[redis.Redis], clocks: Clocks) -> Non
         "redis_error_rate": 0.0,
         "loop_block_ms": 0,
         "gil_block_ms": 0,
+        "job_failure_rate": 0.0,
+        "job_delay_ms": 0,
         "expires_at": 0.0,
     }
 
@@ -99,6 +101,8 @@ def test_every_worker_sees_a_change_within_the_refresh_interval(
         ({"loop_block_ms": 5001}, "loop_block_ms"),
         ({"loop_block_ms": -1}, "loop_block_ms"),
         ({"gil_block_ms": 1.5}, "gil_block_ms"),
+        ({"job_failure_rate": 2}, "job_failure_rate"),
+        ({"job_delay_ms": 60_001}, "job_delay_ms"),
         ({"ttl_s": 0}, "ttl_s"),
         ({"ttl_s": 3601}, "ttl_s"),
         ({"reset": "yes"}, "reset"),
@@ -133,3 +137,11 @@ def test_get_never_raises_when_redis_is_down(private_redis: PrivateRedis, clocks
             chaos.set({"reset": True})
     finally:
         client.close()
+
+
+def test_job_faults_delay_then_fail_the_configured_share(clients: list[redis.Redis], clocks: Clocks) -> None:
+    chaos = control(clients[0], clocks)
+    chaos.maybe_fail_job()  # no faults: nothing happens
+    chaos.set({"job_failure_rate": 1, "job_delay_ms": 1})
+    with pytest.raises(InjectedFault):
+        chaos.maybe_fail_job()

@@ -78,6 +78,20 @@ def test_if_version_conflict_and_create_only(make_store: StoreFactory) -> None:
     assert store.put("k", 2, if_version=1).version == 2
 
 
+def test_a_stale_fencing_token_cannot_overwrite_a_newer_writer(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert store.put("fenced", "from attempt 7", fence=7).version == 1
+    with pytest.raises(Conflict) as info:
+        store.put("fenced", "from attempt 5, paused past its lease", fence=5)
+    assert info.value.field == "fence"
+    assert store.get("fenced").value == "from attempt 7"  # the refused write changed nothing
+    assert store.put("fenced", "attempt 7 again", fence=7).version == 2  # its own token still writes
+    assert store.put("fenced", "from attempt 9", fence=9).version == 3
+    with pytest.raises(Conflict):
+        store.put("fenced", "attempt 7, now stale", fence=7)
+    assert store.put("fenced", "an unfenced writer (the API)").version == 4
+
+
 def test_ttl_is_set_reported_cleared_and_ends_the_item(
     make_store: StoreFactory, redis_client: redis.Redis
 ) -> None:

@@ -159,6 +159,36 @@ def test_hash_defaults_to_scrypt_with_a_generated_salt(stack: RpcStack) -> None:
     assert result.digest == expected
 
 
+def struct_of(obj: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(obj)
+    return struct
+
+
+def test_submit_a_job_then_read_it_and_replay_with_the_admin_scope(stack: RpcStack) -> None:
+    request = pb.SubmitJobRequest(
+        kind="primes", params=struct_of({"limits": [10, 20]}), idempotency_key=unique_key()
+    )
+    job = stack.stub.SubmitJob(request, metadata=stack.md(), timeout=5)
+    assert (job.kind, job.status, job.attempts, job.created) == ("primes", "queued", 0, True)
+    assert dict(job.params) == {"limits": [10, 20]}
+    again = stack.stub.SubmitJob(request, metadata=stack.md(), timeout=5)
+    assert again.id == job.id and not again.created
+    got = stack.stub.GetJob(pb.GetJobRequest(id=job.id), metadata=stack.md(), timeout=5)
+    assert got.id == job.id and got.status == "queued" and not got.HasField("started_at")
+    err = call_error(lambda: stack.stub.GetJob(pb.GetJobRequest(id="0" * 32), metadata=stack.md(), timeout=5))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = call_error(
+        lambda: stack.stub.ReplayDeadJobs(pb.ReplayDeadJobsRequest(), metadata=stack.md(), timeout=5)
+    )
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    admin = stack.md("read", "write", "admin")
+    assert (
+        list(stack.stub.ReplayDeadJobs(pb.ReplayDeadJobsRequest(limit=5), metadata=admin, timeout=5).ids)
+        == []
+    )
+
+
 def test_count_primes(stack: RpcStack) -> None:
     result = stack.stub.CountPrimes(pb.CountPrimesRequest(limit=100), metadata=stack.md(), timeout=10)
     assert (result.limit, result.count) == (100, 25)
@@ -235,6 +265,9 @@ INVALID = [
     ("Hash", pb.HashRequest(password=b""), "password"),
     ("CountPrimes", pb.CountPrimesRequest(limit=10**12), "limit"),
     ("GetQuote", pb.GetQuoteRequest(symbol="lower"), "symbol"),
+    ("SubmitJob", pb.SubmitJobRequest(kind="nope"), "kind"),
+    ("SubmitJob", pb.SubmitJobRequest(kind="primes", params=struct_of({"limits": [1]})), "params.limits[0]"),
+    ("SubmitJob", pb.SubmitJobRequest(kind="primes", idempotency_key=""), "idempotency_key"),
 ]
 
 

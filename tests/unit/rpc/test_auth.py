@@ -11,7 +11,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from app.domain.auth import Authenticator
+from app.domain.auth import ADMIN, Authenticator
 from app.rpc.client import call_metadata
 from app.rpc.interceptors import METHOD_SCOPES, READ_SCOPE, WRITE_SCOPE
 from app.rpc.platform.v1 import platform_pb2 as pb
@@ -32,6 +32,9 @@ EMPTY_REQUESTS: dict[str, Any] = {
     "CountPrimes": pb.CountPrimesRequest(),
     "GetQuote": pb.GetQuoteRequest(),
     "WatchQuotes": pb.WatchQuotesRequest(),
+    "SubmitJob": pb.SubmitJobRequest(),
+    "GetJob": pb.GetJobRequest(),
+    "ReplayDeadJobs": pb.ReplayDeadJobsRequest(),
 }
 
 
@@ -55,7 +58,13 @@ def get_item_error(stack: RpcStack, metadata: Any) -> grpc.RpcError:
 def test_scope_table_covers_every_rpc_of_the_service() -> None:
     service = pb.DESCRIPTOR.services_by_name["PlatformService"]
     assert set(METHOD_SCOPES) == {m.name for m in service.methods} == set(EMPTY_REQUESTS)
-    assert {m for m, s in METHOD_SCOPES.items() if s == READ_SCOPE} == {"GetItem", "GetQuote", "WatchQuotes"}
+    assert {m for m, s in METHOD_SCOPES.items() if s == READ_SCOPE} == {
+        "GetItem",
+        "GetQuote",
+        "WatchQuotes",
+        "GetJob",
+    }
+    assert {m for m, s in METHOD_SCOPES.items() if s == ADMIN} == {"ReplayDeadJobs"}
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_SCOPES))

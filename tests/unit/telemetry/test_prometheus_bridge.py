@@ -45,7 +45,7 @@ def _kind(doc_type: str) -> MetricKind:
 
 
 def test_contract_table_is_parsed() -> None:
-    assert len(CONTRACT_ROWS) == 42  # 26 of the service, 16 of the SDK
+    assert len(CONTRACT_ROWS) == 48  # 32 of the service (6 of them the jobs'), 16 of the SDK
     assert (
         "http.server.request.duration",
         "histogram",

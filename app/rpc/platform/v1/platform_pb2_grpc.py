@@ -89,6 +89,21 @@ class PlatformServiceStub:
                 request_serializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.WatchQuotesRequest.SerializeToString,
                 response_deserializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Quote.FromString,
                 _registered_method=True)
+        self.SubmitJob = channel.unary_unary(
+                '/platform.v1.PlatformService/SubmitJob',
+                request_serializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/platform.v1.PlatformService/GetJob',
+                request_serializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Job.FromString,
+                _registered_method=True)
+        self.ReplayDeadJobs = channel.unary_unary(
+                '/platform.v1.PlatformService/ReplayDeadJobs',
+                request_serializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.ReplayDeadJobsRequest.SerializeToString,
+                response_deserializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.ReplayDeadJobsResponse.FromString,
+                _registered_method=True)
 
 
 class PlatformServiceServicer:
@@ -161,6 +176,25 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitJob(self, request, context):
+        """Background jobs (run by `python -m app jobs`): submit, read the status, replay the dead letters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +252,21 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.WatchQuotes,
                     request_deserializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.WatchQuotesRequest.FromString,
                     response_serializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Quote.SerializeToString,
+            ),
+            'SubmitJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJob,
+                    request_deserializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.SubmitJobRequest.FromString,
+                    response_serializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.GetJobRequest.FromString,
+                    response_serializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Job.SerializeToString,
+            ),
+            'ReplayDeadJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadJobs,
+                    request_deserializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.ReplayDeadJobsRequest.FromString,
+                    response_serializer=app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.ReplayDeadJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +566,87 @@ class PlatformService:
             '/platform.v1.PlatformService/WatchQuotes',
             app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.WatchQuotesRequest.SerializeToString,
             app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Quote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/platform.v1.PlatformService/SubmitJob',
+            app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.SubmitJobRequest.SerializeToString,
+            app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/platform.v1.PlatformService/GetJob',
+            app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.GetJobRequest.SerializeToString,
+            app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/platform.v1.PlatformService/ReplayDeadJobs',
+            app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.ReplayDeadJobsRequest.SerializeToString,
+            app_dot_rpc_dot_platform_dot_v1_dot_platform__pb2.ReplayDeadJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
