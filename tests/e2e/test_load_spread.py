@@ -18,6 +18,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -65,6 +66,23 @@ def access_lines_per_worker(log: LogTail, since: int) -> collections.Counter[int
     )
 
 
+# /proc/net/tcp states: ESTABLISHED, CLOSE_WAIT, LAST_ACK.
+HELD_STATES = {"01", "08", "09"}
+
+
+def open_server_connections(port: int) -> int:
+    """Server-side TCP connections on `port` that a worker still holds: established, or closed by the client
+    but not yet by the worker (CLOSE_WAIT, LAST_ACK). The balanced accept counts those until the worker
+    lets go of them."""
+    held = 0
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            held += local_port == port and fields[3] in HELD_STATES
+    return held
+
+
 def shares(counts: collections.Counter[int] | collections.Counter[str]) -> list[float]:
     total = sum(counts.values())
     return sorted(count / total for count in counts.values())
@@ -73,6 +91,13 @@ def shares(counts: collections.Counter[int] | collections.Counter[str]) -> list[
 @pytest.mark.parametrize("connections", [32, 64])
 def test_keepalive_http_connections_spread_over_both_workers(loaded: Loaded, connections: int) -> None:
     for run in range(RUNS):
+        # Each run starts from a clean slate, as a fresh client would: the workers have let go of the
+        # previous run's connections, so that none still counts them against taking new ones.
+        wait_until(
+            lambda: open_server_connections(loaded.api.port) == 0,
+            timeout=15,
+            message=f"the workers to release run {run - 1}'s connections",
+        )
         since = loaded.api.log.mark()
         done = subprocess.run(
             [
