@@ -36,6 +36,8 @@ OUTCOMES = ("succeeded", "retried", "dead", "stale", "duplicate")
 NOT_WORTH_RETRYING = (InvalidArgument, PayloadTooLarge)  # the same parameters would fail again
 REDIS_RETRY_S = 1.0
 DEPTH_REFRESH_S = 1.0
+# Every delivery's metric attributes, built once (the consumer's per-message path).
+PROCESS_ATTRIBUTES = {**CONSUMER_ATTRIBUTES, "messaging.operation.name": "process"}
 
 _tracer = trace.get_tracer(__name__)
 
@@ -82,7 +84,7 @@ class JobConsumer:
         self._processed = meter.create_counter(
             "platform.jobs.processed", unit="{attempt}", description="Job attempts, by outcome"
         )
-        self._consumed.add(0, {**CONSUMER_ATTRIBUTES, "messaging.operation.name": "process"})
+        self._consumed.add(0, PROCESS_ATTRIBUTES)
         for kind in jobs.kinds.kinds:
             for outcome in OUTCOMES:
                 self._processed.add(0, {"platform.job.kind": kind, "outcome": outcome})
@@ -162,12 +164,11 @@ class JobConsumer:
                     )
 
     def _process(self, delivery: Delivery) -> None:
-        self._consumed.add(1, {**CONSUMER_ATTRIBUTES, "messaging.operation.name": "process"})
+        self._consumed.add(1, PROCESS_ATTRIBUTES)
         submitted = propagate.extract(delivery.carrier)
         links = [Link(trace.get_current_span(submitted).get_span_context())]
         attributes: dict[str, AttributeValue] = {
-            **CONSUMER_ATTRIBUTES,
-            "messaging.operation.name": "process",
+            **PROCESS_ATTRIBUTES,
             "messaging.operation.type": "process",
             "messaging.client.id": self.name,
             "messaging.message.id": delivery.job_id,
@@ -195,10 +196,12 @@ class JobConsumer:
                     "job attempt left to be reclaimed: Redis unavailable", extra={"job": delivery.job_id}
                 )
             finally:
-                duration_attributes = {**CONSUMER_ATTRIBUTES, "messaging.operation.name": "process"}
-                if error_type is not None:
-                    duration_attributes["error.type"] = error_type
-                self._duration.record(time.perf_counter() - started, duration_attributes)
+                attributes_of_duration = (
+                    PROCESS_ATTRIBUTES
+                    if error_type is None
+                    else {**PROCESS_ATTRIBUTES, "error.type": error_type}
+                )
+                self._duration.record(time.perf_counter() - started, attributes_of_duration)
 
     def _run(self, attempt: Attempt, span: trace.Span) -> str | None:
         """The attempt's work and its outcome; returns the error type, if it failed."""
