@@ -255,7 +255,19 @@ def test_rate_limit_is_shared_across_workers(
     api = start_api(env, upstream, RATE_LIMIT="10/hour")
     try:
         token = mint(env, f"rl-{uuid.uuid4().hex[:6]}")
-        results = [api.request("GET", "/v1/items/rl", token=token) for _ in range(30)]
+        # Two keep-alive connections, one per worker: the balanced accept gives the second connection to
+        # the worker that holds none (fresh connections would go to whichever worker woke first).
+        first, second = api.connect(), api.connect()
+        try:
+            results = [
+                api.request("GET", "/v1/items/rl", token=token, connection=conn)
+                for _ in range(15)
+                for conn in (first, second)
+            ]
+        finally:
+            first.close()
+            second.close()
+        assert len({r.instance for r in results}) == 2, "one connection per worker"
         allowed = [r for r in results if r.status != 429]
         rejected = [r for r in results if r.status == 429]
         assert len(allowed) == 10, [r.status for r in results]
