@@ -47,7 +47,8 @@ from locust.env import Environment
 # grpcio blocks the gevent hub unless told to cooperate; this must run before any channel exists.
 grpc_gevent.init_gevent()
 
-from app.rpc.platform.v1 import platform_pb2 as pb  # noqa: E402 - after init_gevent on purpose
+from app.rpc import client as rpc_client  # noqa: E402 - after init_gevent on purpose
+from app.rpc.platform.v1 import platform_pb2 as pb  # noqa: E402
 from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc  # noqa: E402
 
 if TYPE_CHECKING:
@@ -297,7 +298,7 @@ class GrpcApiUser(User):
         self.stored: set[str] = set()
         self.scrypt_next = False
         self.jobs: list[str] = []
-        self.channel = grpc.insecure_channel(GRPC_TARGET)
+        self.channel = rpc_client.channel(GRPC_TARGET)  # with the client contract (its retry policy)
         # The generated stub module has no annotations (app/rpc/client.py does the same).
         self.stub = pb_grpc.PlatformServiceStub(self.channel)
         for operation in (

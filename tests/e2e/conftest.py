@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
+from app.rpc import client
 from app.rpc.platform.v1 import platform_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, GiveUp, free_port, wait_until
 
@@ -109,10 +109,12 @@ class Proc:
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
         timeout: float = 10.0,
+        connection: http.client.HTTPConnection | None = None,
     ) -> Response:
-        """One request on a fresh connection, so the kernel may hand it to any worker."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        hdrs = {"Connection": "close", **(headers or {})}
+        """One request on a fresh connection, so the kernel may hand it to any worker; or on `connection`
+        (from `connect()`), kept alive, so the worker that accepted it serves it."""
+        conn = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        hdrs = {**({} if connection else {"Connection": "close"}), **(headers or {})}
         data = raw
         if body is not None:
             data = json.dumps(body).encode()
@@ -124,7 +126,12 @@ class Proc:
             resp = conn.getresponse()
             return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
         finally:
-            conn.close()
+            if connection is None:
+                conn.close()
+
+    def connect(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        """A keep-alive connection for `request(..., connection=)`; the caller closes it."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     def rpc(
         self,
@@ -135,9 +142,10 @@ class Proc:
         *,
         wait_for_ready: bool | None = None,
     ) -> tuple[Any, str]:
-        """One RPC on a fresh channel (a fresh connection, so SO_REUSEPORT may pick any worker); returns the
-        response and the instance id of the worker that served it."""
-        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+        """One RPC on a fresh channel (a fresh connection, so SO_REUSEPORT may pick any worker) with the
+        client contract of app.rpc.client; returns the response and the instance id of the worker that
+        served it."""
+        with client.channel(f"127.0.0.1:{self.grpc_port}") as channel:
             stub = pb_grpc.PlatformServiceStub(channel)
             metadata = [("authorization", f"Bearer {token}")] if token else []
             response, call = getattr(stub, method).with_call(
