@@ -1,7 +1,7 @@
 """`python -m app jobs` as deployed: 2 gunicorn worker processes consuming the queue on a real redis-server.
 
-Jobs are submitted from the test through the domain's own queue (the producer side the API uses), and every
-wait polls Redis with a deadline.
+Jobs are submitted from the test through the domain's own queue (the producer side the API uses), or by a
+client over HTTP and gRPC to the real API deployment; every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -10,17 +10,28 @@ import json
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from google.protobuf import json_format, struct_pb2
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
 from app.domain.chaos import CHAOS_KEY
 from app.domain.items import ITEM_PREFIX
 from app.domain.jobs import Job, JobQueue, JobStatus
+from app.rpc.interceptors import SERVICE_NAME
+from app.rpc.platform.v1 import platform_pb2 as pb
+from app.worker import API, JOBS
 from tests.conftest import PrivateRedis, wait_until
-from tests.e2e.conftest import Proc, base_env, start_jobs
+from tests.e2e.conftest import Proc, base_env, mint, start_api, start_jobs, start_upstream
+from tests.e2e.otlp_receiver import OtlpReceiver
+
+CONSUMER = SpanProto.SPAN_KIND_CONSUMER
+
 
 pytestmark = pytest.mark.e2e
 
@@ -182,3 +193,79 @@ def test_redis_down_then_back(private_redis: PrivateRedis, tmp_path: Path) -> No
 def _chaos(**faults: float) -> dict[str, float]:
     state = {"redis_error_rate": 0.0, "loop_block_ms": 0, "gil_block_ms": 0, "expires_at": time.time() + 120}
     return {**state, **faults}
+
+
+def test_jobs_submitted_over_http_and_grpc_succeed_each_in_one_trace(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """The API deployment takes the submits, the jobs deployment runs them: a client sees them succeed, and
+    the collector sees one trace per job across the two deployments."""
+    receiver = OtlpReceiver().start()
+    env = base_env(
+        private_redis.url,
+        tmp_path,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_TRACES_SAMPLER="always_on",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+    )
+    upstream = start_upstream(env)
+    api = start_api(env, upstream)
+    jobs = start_jobs(env, tmp_path)
+    try:
+        token = mint(env, "jobs-e2e")
+        key = f"e2e-{uuid.uuid4().hex[:8]}"
+        body = {"kind": "primes", "params": {"limits": [1000, 2000]}, "idempotency_key": key}
+        submitted = api.request("POST", "/v1/jobs", body, token=token)
+        assert submitted.status == 202, submitted.body
+        over_http = submitted.json()["id"]
+        assert submitted.headers["location"] == f"/v1/jobs/{over_http}"
+        again = api.request("POST", "/v1/jobs", {**body, "params": {"limits": [10]}}, token=token)
+        assert (again.status, again.json()["id"]) == (200, over_http)  # the key's first job, not a new one
+
+        params = struct_pb2.Struct()
+        params.update({"items": {f"{key}-a": {"n": 1}, f"{key}-b": {"n": 2}}})
+        created, _ = api.rpc("SubmitJob", pb.SubmitJobRequest(kind="import", params=params), token)
+        assert created.created and created.status == "queued"
+        over_grpc = created.id
+
+        def http_done() -> dict[str, Any] | None:
+            jobs.check_alive()
+            job: dict[str, Any] = api.request("GET", f"/v1/jobs/{over_http}", token=token).json()
+            return job if job["status"] == "succeeded" else None
+
+        def grpc_done() -> pb.Job | None:
+            jobs.check_alive()
+            job, _ = api.rpc("GetJob", pb.GetJobRequest(id=over_grpc), token)
+            return job if job.status == "succeeded" else None
+
+        done = wait_until(http_done, timeout=30, message=lambda: f"job {over_http}\n{jobs.log.text()}")
+        assert done["result"] == {"counts": [168, 303]} and done["attempts"] == 1
+        imported = wait_until(grpc_done, timeout=30, message=lambda: f"job {over_grpc}\n{jobs.log.text()}")
+        assert json_format.MessageToDict(imported.result) == {"imported": 2}
+        item = api.request("GET", f"/v1/items/{key}-b", token=token)
+        assert item.status == 200 and item.json()["value"] == {"n": 2}
+
+        def trace_of(job_id: str) -> dict[str, set[str]] | None:
+            """Span names by service in the trace of the job's consumer span, once its submit is there."""
+            spans = list(receiver.received.spans)
+            process = [
+                s for s in spans if s.attributes.get("messaging.message.id") == job_id and s.kind == CONSUMER
+            ]
+            if not process:
+                return None
+            names: dict[str, set[str]] = {}
+            for s in spans:
+                if s.trace_id == process[0].trace_id:
+                    names.setdefault(s.resource["service.name"], set()).add(s.name)
+            return names if len(names) == 2 else None
+
+        for job_id, submit_span in ((over_http, "POST /v1/jobs"), (over_grpc, f"/{SERVICE_NAME}/SubmitJob")):
+            names = wait_until(lambda j=job_id: trace_of(j), timeout=30, message=f"the trace of job {job_id}")
+            api_spans, jobs_spans = names[API.service_name], names[JOBS.service_name]
+            assert {submit_span, "send platform:jobs:stream"} <= api_spans, api_spans
+            assert "process platform:jobs:stream" in jobs_spans, jobs_spans
+    finally:
+        jobs.stop()
+        api.stop()
+        upstream.stop()
+        receiver.stop()

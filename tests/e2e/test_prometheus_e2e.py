@@ -1,7 +1,8 @@
 """Debian's real Prometheus scrapes the real service and evaluates our rule files.
 
 After a load that exercises every operation (and the ways they fail), every dashboard panel that reads
-service metrics returns data; and when the upstream is made to fail, the circuit-breaker alert fires.
+service metrics returns data, and jobs that ran out of attempts fire the dead-letter alert; when the upstream
+is made to fail, the circuit-breaker alert fires.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tests.conftest import ROOT, free_port, wait_until
 from tests.e2e.conftest import Proc, base_env, mint, start_api, start_jobs, start_upstream
 from tests.e2e.otlp_receiver import OtlpReceiver
 from tests.stack.panel_queries import panel_queries
-from tests.stack.prometheus_config import write_scrape_path_config
+from tests.stack.prometheus_config import JOBS_JOB, write_scrape_path_config
 
 pytestmark = pytest.mark.e2e
 
@@ -172,7 +173,7 @@ def drive_load(o: Observed, seconds: float) -> None:
 
 
 @pytest.mark.timeout(420)
-def test_every_service_panel_has_data_and_the_breaker_alert_fires(observed: Observed) -> None:
+def test_every_service_panel_has_data_and_the_dead_letter_and_breaker_alerts_fire(observed: Observed) -> None:
     drive_load(observed, seconds=25)
     queries = [q for q in panel_queries({"__rate_interval": "30s", "__range": "5m"}) if q.source == "service"]
     assert len(queries) > 20
@@ -197,19 +198,34 @@ def test_every_service_panel_has_data_and_the_breaker_alert_fires(observed: Obse
     except AssertionError:
         pytest.fail("panels without data:\n" + "\n".join(missing))
 
+    # The load's imports of BLOCKED ran out of attempts: dead letters, which alert at once (no `for`).
+    def firing(alertname: str, **labels: str) -> dict[str, Any] | None:
+        return next(
+            (
+                a
+                for a in observed.prometheus.get("/api/v1/alerts")["alerts"]
+                if a["labels"]["alertname"] == alertname
+                and a["state"] == "firing"
+                and labels.items() <= a["labels"].items()
+            ),
+            None,
+        )
+
+    dead = wait_until(
+        lambda: firing("PlatformJobsDeadLettered", job=JOBS_JOB),
+        timeout=60,
+        interval=0.5,
+        message="PlatformJobsDeadLettered firing",
+    )
+    assert dead["annotations"]["runbook_url"].endswith("#platformjobsdeadlettered")
+
     # Make the upstream fail while quote traffic continues; the alert's `for: 1m` must elapse.
     r = observed.upstream.request("POST", "/chaos", {"error_rate": 1.0, "ttl_s": 600}, token=observed.admin)
     assert r.status == 200
 
     def breaker_alert_firing() -> bool:
         observed.api.request("GET", "/v1/quotes/LOAD", token=observed.token)
-        alerts = observed.prometheus.get("/api/v1/alerts")["alerts"]
-        return any(
-            a["labels"]["alertname"] == "PlatformCircuitBreakerOpen"
-            and a["state"] == "firing"
-            and a["labels"].get("name") == "upstream"
-            for a in alerts
-        )
+        return firing("PlatformCircuitBreakerOpen", name="upstream") is not None
 
     try:
         wait_until(
