@@ -252,16 +252,18 @@ class JobQueue:
     ) -> tuple[Job, bool]:
         """Queue a job; with a key seen in the last day, return that key's job instead (and False)."""
         check_idempotency_key(idempotency_key)
-        job_id = uuid.uuid4().hex
+        job_id, submitted_at, carried = uuid.uuid4().hex, self._clock(), dict(carrier or {})
         idem_key = f"{PREFIX}:idempotency:{idempotency_key}" if idempotency_key is not None else ""
         args = [
-            *(job_id, kind, json.dumps(params, separators=(",", ":")), repr(self._clock())),
-            *(self._max_queued, json.dumps(dict(carrier or {})), IDEMPOTENCY_TTL_S),
+            *(job_id, kind, json.dumps(params, separators=(",", ":")), repr(submitted_at)),
+            *(self._max_queued, json.dumps(carried), IDEMPOTENCY_TTL_S),
         ]
         got_id, created = self._call(self._submit, [_job_key(job_id), STREAM, idem_key], args)
         if created == -1:
             raise Overloaded(f"the job queue holds {self._max_queued} jobs already; try again later")
-        return self.get(_text(got_id)), created == 1
+        if created == 1:  # what the script wrote, without reading it back
+            return Job(job_id, kind, params, JobStatus.QUEUED, 0, submitted_at, carrier=carried), True
+        return self.get(_text(got_id)), False
 
     def get(self, job_id: str) -> Job:
         if not ID_RE.fullmatch(job_id):

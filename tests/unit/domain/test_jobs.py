@@ -50,6 +50,7 @@ def test_a_submitted_job_is_delivered_once_and_succeeds(make_queue: QueueFactory
     queue = make_queue()
     job, created = queue.submit("primes", {"limits": [10]}, carrier={"traceparent": "00-ab-cd-01"})
     assert created and job.status is JobStatus.QUEUED and job.attempts == 0
+    assert queue.get(job.id) == job  # what submit answers is what it stored
     assert queue.depth().queued == 1
 
     attempt = _start_one(queue)
