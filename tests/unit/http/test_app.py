@@ -6,7 +6,6 @@ import base64
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,37 +13,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app.domain.auth import Authenticator
-from app.http import create_app
 from app.settings import Settings
-from app.telemetry.flask_instrumentation import PlatformFlaskInstrumentor
-from app.worker import build_services
 from tests.unit.conftest import Captured
-
-
-@pytest.fixture
-def settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings()
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    services = build_services(settings)
-    services.start()
-    # In a worker the distro instruments every Flask app; here the session's in-memory providers do.
-    yield PlatformFlaskInstrumentor.instrument_app(
-        create_app(settings, services, instance_id="test-instance")
-    )
-    services.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-def bearer(settings: Settings, scope: str = "read write admin", sub: str = "tester") -> dict[str, str]:
-    return {"Authorization": f"Bearer {Authenticator(settings).mint(sub, scope.split(), 600)}"}
+from tests.unit.http.conftest import bearer
 
 
 def flask_routes(app: Flask) -> set[tuple[str, str]]:

@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from app.domain.auth import Authenticator
 from app.domain.jobs import JobStatus
-from app.http import create_app
 from app.settings import Settings
-from app.worker import build_services
-
-
-@pytest.fixture
-def settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings()
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    services = build_services(settings)
-    services.start()
-    yield create_app(settings, services, instance_id="test-instance")
-    services.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-def auth(settings: Settings, scope: str = "read write") -> dict[str, str]:
-    return {"Authorization": f"Bearer {Authenticator(settings).mint('jobs-test', scope.split(), 600)}"}
+from tests.unit.http.conftest import bearer
 
 
 def test_submit_then_read_the_status(client: FlaskClient, settings: Settings) -> None:
     r = client.post(
-        "/v1/jobs", json={"kind": "primes", "params": {"limits": [10, 20]}}, headers=auth(settings)
+        "/v1/jobs",
+        json={"kind": "primes", "params": {"limits": [10, 20]}},
+        headers=bearer(settings, "read write"),
     )
     assert r.status_code == 202, r.get_json()
     job = r.get_json()
@@ -50,14 +25,16 @@ def test_submit_then_read_the_status(client: FlaskClient, settings: Settings) ->
         0,
         {"limits": [10, 20]},
     )
-    got = client.get(f"/v1/jobs/{job['id']}", headers=auth(settings, "read"))
+    got = client.get(f"/v1/jobs/{job['id']}", headers=bearer(settings, "read"))
     assert got.status_code == 200 and got.get_json()["status"] == str(JobStatus.QUEUED)
 
 
 def test_an_idempotency_key_answers_the_first_job(client: FlaskClient, settings: Settings) -> None:
     body = {"kind": "primes", "params": {"limits": [10]}, "idempotency_key": "order-42"}
-    first = client.post("/v1/jobs", json=body, headers=auth(settings))
-    again = client.post("/v1/jobs", json={**body, "params": {"limits": [99]}}, headers=auth(settings))
+    first = client.post("/v1/jobs", json=body, headers=bearer(settings, "read write"))
+    again = client.post(
+        "/v1/jobs", json={**body, "params": {"limits": [99]}}, headers=bearer(settings, "read write")
+    )
     assert (first.status_code, again.status_code) == (202, 200)
     assert again.get_json()["id"] == first.get_json()["id"]
     assert again.get_json()["params"] == {"limits": [10]}
@@ -78,7 +55,7 @@ def test_an_idempotency_key_answers_the_first_job(client: FlaskClient, settings:
 def test_bad_submissions_are_refused_naming_the_field(
     client: FlaskClient, settings: Settings, body: dict[str, object], status: int, field: str | None
 ) -> None:
-    r = client.post("/v1/jobs", json=body, headers=auth(settings))
+    r = client.post("/v1/jobs", json=body, headers=bearer(settings, "read write"))
     assert r.status_code == status, r.get_json()
     assert r.content_type.startswith("application/problem+json")
     assert r.get_json().get("field") == field
@@ -86,17 +63,19 @@ def test_bad_submissions_are_refused_naming_the_field(
 
 def test_unknown_jobs_are_404(client: FlaskClient, settings: Settings) -> None:
     for job_id in ("nope", "0" * 32, "A" * 32):
-        r = client.get(f"/v1/jobs/{job_id}", headers=auth(settings, "read"))
+        r = client.get(f"/v1/jobs/{job_id}", headers=bearer(settings, "read"))
         assert r.status_code == 404 and r.get_json()["field"] == "id"
 
 
 def test_scopes(client: FlaskClient, settings: Settings) -> None:
     body = {"kind": "primes", "params": {"limits": [10]}}
-    assert client.post("/v1/jobs", json=body, headers=auth(settings, "read")).status_code == 403
-    assert client.post("/admin/jobs/replay", json={}, headers=auth(settings)).status_code == 403
-    r = client.post("/admin/jobs/replay", json={"limit": 5}, headers=auth(settings, "admin"))
+    assert client.post("/v1/jobs", json=body, headers=bearer(settings, "read")).status_code == 403
+    assert (
+        client.post("/admin/jobs/replay", json={}, headers=bearer(settings, "read write")).status_code == 403
+    )
+    r = client.post("/admin/jobs/replay", json={"limit": 5}, headers=bearer(settings, "admin"))
     assert r.status_code == 200 and r.get_json() == {"replayed": []}
     assert (
-        client.post("/admin/jobs/replay", json={"limit": 0}, headers=auth(settings, "admin")).status_code
+        client.post("/admin/jobs/replay", json={"limit": 0}, headers=bearer(settings, "admin")).status_code
         == 400
     )
