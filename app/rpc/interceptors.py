@@ -82,7 +82,7 @@ INSTANCE_ID_KEY = "x-instance-id"
 AUTHORIZATION_KEY = "authorization"
 
 # Codes that mean "our fault": the exception goes on the span, as for HTTP 5xx.
-_SERVER_FAULTS = frozenset(
+SERVER_FAULTS = frozenset(
     {
         grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.INTERNAL,
@@ -296,7 +296,7 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         context.set_code(code)
         context.set_details(message)
         context.set_trailing_metadata(trailers_for(err, message))
-        if code in _SERVER_FAULTS:
+        if code in SERVER_FAULTS:
             trace.get_current_span().record_exception(err)
         return code
 

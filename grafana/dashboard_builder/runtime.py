@@ -158,7 +158,7 @@ def build() -> Json:
                 )
             ],
             unit="reqps",
-            description="Tasks refused because the queue was full (503 Overloaded / RESOURCE_EXHAUSTED).",
+            description="Tasks refused because the queue was full (503 Overloaded / UNAVAILABLE).",
         ),
         8,
         8,
