@@ -34,8 +34,8 @@ CODES: dict[type[DomainError], grpc.StatusCode] = {
     errors.Conflict: grpc.StatusCode.ABORTED,
     errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    # Load shedding is the server refusing, as HTTP's 503: UNAVAILABLE, a server fault that the SLO counts
-    # and clients retry after RetryInfo's delay. RESOURCE_EXHAUSTED is the caller's quota or size.
+    # Load shedding is the server refusing, as HTTP's 503: UNAVAILABLE, a server fault that the SLO counts;
+    # RetryInfo says when to try again. RESOURCE_EXHAUSTED is the caller's quota or size.
     errors.Overloaded: grpc.StatusCode.UNAVAILABLE,
     errors.DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
