@@ -41,6 +41,7 @@ BACKGROUND: tuple[tuple[str, str], ...] = (
 PARTS: tuple[tuple[str, str], ...] = (
     ("contrib gRPC server instrumentation", "/opentelemetry/instrumentation/grpc/"),
     ("platform Flask instrumentation", "/app/telemetry/flask_instrumentation"),
+    ("platform gRPC server instrumentation", "/app/telemetry/grpc_instrumentation"),
     ("contrib Flask/WSGI instrumentation", "/opentelemetry/instrumentation/"),
     ("SDK tracing (spans, sampling)", "/opentelemetry/sdk/trace/"),
     ("SDK metrics (record, exemplars)", "/opentelemetry/sdk/metrics/"),

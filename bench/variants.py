@@ -27,10 +27,10 @@ VARIANT_ENVIRONMENT: dict[str, dict[str, str]] = {
     "off": {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": RECEIVER},
     # The production profile the docs recommend: the distro's defaults, OTLP export on.
     "shipped": {"OTEL_EXPORTER_OTLP_ENDPOINT": RECEIVER},
-    # `shipped` with contrib's Flask instrumentation instead of the platform's.
+    # `shipped` with contrib's Flask and gRPC server instrumentations instead of the platform's.
     "stock": {
         "OTEL_EXPORTER_OTLP_ENDPOINT": RECEIVER,
-        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "platform_flask",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "platform_flask,platform_grpc_aio_server",
     },
     # `shipped` while the collector is down.
     "shipped-endpoint-down": {"OTEL_EXPORTER_OTLP_ENDPOINT": NOWHERE},
@@ -40,8 +40,8 @@ VARIANT_ENVIRONMENT: dict[str, dict[str, str]] = {
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
         "OTLP_ACCESS_LOGS": "true",
     },
-    # `shipped` without contrib's gRPC server instrumentation (no gRPC server spans): where gRPC's
-    # telemetry cost goes. Opt-in (--variants), not part of the default run.
+    # `shipped` without a gRPC server instrumentation (no gRPC server spans): what gRPC's server spans
+    # cost. Opt-in (--variants), not part of the default run.
     "shipped-no-rpc-spans": {
         "OTEL_EXPORTER_OTLP_ENDPOINT": RECEIVER,
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "grpc_aio_server",
@@ -57,6 +57,7 @@ OPT_IN = ("shipped-no-rpc-spans",)
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(v for v in VARIANTS if v not in OPT_IN)
 
 PLATFORM_FLASK_SCOPE = "app.telemetry.flask_instrumentation"
+PLATFORM_GRPC_SCOPE = "app.telemetry.grpc_instrumentation"
 CONTRIB_GRPC_SCOPE = "opentelemetry.instrumentation.grpc"
 CONTRIB_FLASK_SCOPE = "opentelemetry.instrumentation.flask"
 ACCESS_LOG_SCOPE = "app.http.access"
@@ -131,14 +132,25 @@ def _exported(e: Evidence) -> list[Check]:
     return checks
 
 
-def _flask_scope(e: Evidence, present: str, absent: str) -> list[Check]:
-    if not e.requests.get("http"):
+def _scope(e: Evidence, transport: Transport, present: str, absent: str) -> list[Check]:
+    """The transport's server spans come from the instrumentation the variant claims, none from the other."""
+    if not e.requests.get(transport):
         return []
+    label = {"http": "HTTP", "grpc": "gRPC"}[transport]
     return [
         Check(
-            f"HTTP server spans from {present}", e.server_spans(present) > 0, f"{e.server_spans(present):,}"
+            f"{label} server spans from {present}",
+            e.server_spans(present) > 0,
+            f"{e.server_spans(present):,}",
         ),
         Check(f"no spans from {absent}", e.received.spans[absent] == 0, f"{e.received.spans[absent]:,}"),
+    ]
+
+
+def _platform_scopes(e: Evidence) -> list[Check]:
+    return [
+        *_scope(e, "http", PLATFORM_FLASK_SCOPE, CONTRIB_FLASK_SCOPE),
+        *_scope(e, "grpc", PLATFORM_GRPC_SCOPE, CONTRIB_GRPC_SCOPE),
     ]
 
 
@@ -167,7 +179,7 @@ def prove_shipped(e: Evidence) -> list[Check]:
     return [
         *_telemetry_on(e),
         *_exported(e),
-        *_flask_scope(e, PLATFORM_FLASK_SCOPE, CONTRIB_FLASK_SCOPE),
+        *_platform_scopes(e),
         *_sampled_share(e, DEFAULT_SAMPLE_RATIO / 3, DEFAULT_SAMPLE_RATIO * 3),
     ]
 
@@ -176,7 +188,8 @@ def prove_stock(e: Evidence) -> list[Check]:
     return [
         *_telemetry_on(e),
         *_exported(e),
-        *_flask_scope(e, CONTRIB_FLASK_SCOPE, PLATFORM_FLASK_SCOPE),
+        *_scope(e, "http", CONTRIB_FLASK_SCOPE, PLATFORM_FLASK_SCOPE),
+        *_scope(e, "grpc", CONTRIB_GRPC_SCOPE, PLATFORM_GRPC_SCOPE),
         *_sampled_share(e, DEFAULT_SAMPLE_RATIO / 3, DEFAULT_SAMPLE_RATIO * 3),
     ]
 
@@ -197,7 +210,7 @@ def prove_endpoint_down(e: Evidence) -> list[Check]:
 def prove_demo(e: Evidence) -> list[Check]:
     access = e.received.logs[ACCESS_LOG_SCOPE]
     http = e.requests.get("http", 0)
-    checks = [*_telemetry_on(e), *_exported(e), *_flask_scope(e, PLATFORM_FLASK_SCOPE, CONTRIB_FLASK_SCOPE)]
+    checks = [*_telemetry_on(e), *_exported(e), *_platform_scopes(e)]
     checks += _sampled_share(e, 0.8, 1.2)
     if http:
         checks.append(
@@ -207,8 +220,8 @@ def prove_demo(e: Evidence) -> list[Check]:
 
 
 def prove_no_rpc_spans(e: Evidence) -> list[Check]:
-    checks = [*_telemetry_on(e), *_flask_scope(e, PLATFORM_FLASK_SCOPE, CONTRIB_FLASK_SCOPE)]
-    rpc = e.received.server_spans[CONTRIB_GRPC_SCOPE]
+    checks = [*_telemetry_on(e), *_scope(e, "http", PLATFORM_FLASK_SCOPE, CONTRIB_FLASK_SCOPE)]
+    rpc = e.received.server_spans[PLATFORM_GRPC_SCOPE] + e.received.server_spans[CONTRIB_GRPC_SCOPE]
     return [*checks, Check("no gRPC server spans", rpc == 0, f"{rpc:,}")]
 
 

@@ -1,8 +1,9 @@
 """The platform's OpenTelemetry distro: auto-instrumentation that works under a preforking server.
 
 Registered through the standard entry points (pyproject.toml):
-`opentelemetry_distro` and `opentelemetry_configurator` `platform`, plus `platform_flask` (an
-instrumentor) and `prometheus_multiprocess` (a metric exporter). Two ways to start, one result:
+`opentelemetry_distro` and `opentelemetry_configurator` `platform`, plus `platform_flask` and
+`platform_grpc_aio_server` (instrumentors) and `prometheus_multiprocess` (a metric exporter). Two ways to
+start, one result:
 
     python -m app serve                              # the worker lifecycle calls start_worker()
     opentelemetry-instrument python -m app serve     # the same, plus the standard sitecustomize start
@@ -18,8 +19,9 @@ so nothing is initialised or exported before fork, and every worker builds its o
 own `service.instance.id`. A user's own gunicorn app gets the same by calling
 `start_worker()` in its `post_fork` hook.
 
-What the distro chooses beyond the defaults: the platform Flask instrumentor instead of contrib's
-(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=platform_flask brings contrib's back; `flask` disables both), the
+What the distro chooses beyond the defaults: the platform Flask and gRPC aio server instrumentors instead
+of contrib's (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=platform_flask brings contrib's Flask one back,
+`flask` disables both; likewise `platform_grpc_aio_server` and `grpc_aio_server`), the
 contract's four process metrics instead of the system-metrics instrumentation's ~40, and filters on the
 OTLP log handler (app.telemetry.logging.prepare_otlp_handlers). OTEL_SDK_DISABLED=true leaves the worker
 uninstrumented too: nothing it would record could go anywhere.
@@ -55,8 +57,11 @@ from app.telemetry import environment
 from app.telemetry.logging import prepare_otlp_handlers
 
 NAME = "platform"  # the entry point name of the distro and the configurator
-FLASK = "flask"  # contrib's instrumentor entry point
-PLATFORM_FLASK = "platform_flask"
+FLASK = "flask"  # contrib's instrumentor entry points
+GRPC_AIO_SERVER = "grpc_aio_server"
+PLATFORM_FLASK = "platform_flask"  # this project's, each loaded instead of one of contrib's
+PLATFORM_GRPC_AIO_SERVER = "platform_grpc_aio_server"
+REPLACES = {PLATFORM_FLASK: FLASK, PLATFORM_GRPC_AIO_SERVER: GRPC_AIO_SERVER}
 # Exactly the process metrics of the telemetry contract (docs/telemetry.md).
 PROCESS_METRICS: dict[str, list[str] | None] = {
     "process.cpu.time": ["user", "system"],
@@ -90,8 +95,9 @@ class PlatformDistro(BaseDistro):  # type: ignore[misc]
             return  # a process that forks workers patches nothing
         disabled = set(environment.listed(os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")))
         name = entry_point.name
-        if (name == FLASK and PLATFORM_FLASK not in disabled) or (
-            name == PLATFORM_FLASK and FLASK in disabled
+        if any(
+            (name == contrib and ours not in disabled) or (name == ours and contrib in disabled)
+            for ours, contrib in REPLACES.items()
         ):
             return
         if name == "system_metrics":

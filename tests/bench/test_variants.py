@@ -10,8 +10,10 @@ from bench.stack import grpc_frame, grpc_response_bytes
 from bench.variants import (
     BARE,
     CONTRIB_FLASK_SCOPE,
+    CONTRIB_GRPC_SCOPE,
     NOWHERE,
     PLATFORM_FLASK_SCOPE,
+    PLATFORM_GRPC_SCOPE,
     RECEIVER,
     VARIANT_ENVIRONMENT,
     Evidence,
@@ -21,15 +23,19 @@ from bench.variants import (
 )
 
 BOTH = frozenset({HTTP_DURATION, RPC_DURATION})
-GRPC_SCOPE = "opentelemetry.instrumentation.grpc"
 
 
-def received(flask_scope: str = PLATFORM_FLASK_SCOPE, sampled: float = 0.1, access: int = 0) -> Received:
+def received(
+    flask_scope: str = PLATFORM_FLASK_SCOPE,
+    grpc_scope: str = PLATFORM_GRPC_SCOPE,
+    sampled: float = 0.1,
+    access: int = 0,
+) -> Received:
     http_spans, grpc_spans = int(1000 * sampled), int(1000 * sampled)
     return Received(
         exports=Counter({"traces": 3, "metrics": 1, "logs": 1}),
-        spans=Counter({flask_scope: http_spans, GRPC_SCOPE: grpc_spans, "redis": http_spans}),
-        server_spans=Counter({flask_scope: http_spans, GRPC_SCOPE: grpc_spans}),
+        spans=Counter({flask_scope: http_spans, grpc_scope: grpc_spans, "redis": http_spans}),
+        server_spans=Counter({flask_scope: http_spans, grpc_scope: grpc_spans}),
         points=Counter({"http.server.request.duration": 4, "rpc.server.call.duration": 2}),
         logs=Counter({"app.http.access": access}),
     )
@@ -76,6 +82,7 @@ def test_shipped_needs_exports_from_the_platform_instrumentation_at_the_default_
         "http.server.request.duration was exported",
         "rpc.server.call.duration was exported",
         f"HTTP server spans from {PLATFORM_FLASK_SCOPE}",
+        f"gRPC server spans from {PLATFORM_GRPC_SCOPE}",
         "server spans per request in [0.033, 0.3]",
     ]
     assert failed(evidence("shipped", rx=received(sampled=1.0))) == [
@@ -83,12 +90,22 @@ def test_shipped_needs_exports_from_the_platform_instrumentation_at_the_default_
     ]
 
 
-def test_stock_needs_contribs_flask_spans_and_none_of_the_platforms() -> None:
-    assert failed(evidence("stock", rx=received(CONTRIB_FLASK_SCOPE))) == []
-    assert failed(evidence("stock", rx=received(PLATFORM_FLASK_SCOPE))) == [
+def test_stock_needs_contribs_server_spans_and_none_of_the_platforms() -> None:
+    assert failed(evidence("stock", rx=received(CONTRIB_FLASK_SCOPE, CONTRIB_GRPC_SCOPE))) == []
+    assert failed(evidence("stock", rx=received(PLATFORM_FLASK_SCOPE, PLATFORM_GRPC_SCOPE))) == [
         f"HTTP server spans from {CONTRIB_FLASK_SCOPE}",
         f"no spans from {PLATFORM_FLASK_SCOPE}",
+        f"gRPC server spans from {CONTRIB_GRPC_SCOPE}",
+        f"no spans from {PLATFORM_GRPC_SCOPE}",
     ]
+
+
+def test_no_rpc_spans_means_none_from_either_grpc_instrumentation() -> None:
+    assert failed(evidence("shipped-no-rpc-spans", rx=received(grpc_scope="other"))) == []
+    for scope in (PLATFORM_GRPC_SCOPE, CONTRIB_GRPC_SCOPE):
+        assert failed(evidence("shipped-no-rpc-spans", rx=received(grpc_scope=scope))) == [
+            "no gRPC server spans"
+        ]
 
 
 def test_endpoint_down_exports_nothing_yet_has_telemetry_on() -> None:

@@ -1,4 +1,4 @@
-"""gRPC unit tests: the server instrumented as in a worker, where the distro loads the contrib gRPC
+"""gRPC unit tests: the server instrumented as in a worker, where the distro loads the platform gRPC server
 instrumentation (a patch of grpc.aio.server, with health and reflection excluded)."""
 
 from __future__ import annotations
@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 
 from app.telemetry.environment import GRPC_EXCLUDED_SERVICES
+from app.telemetry.grpc_instrumentation import PlatformGrpcAioServerInstrumentor
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def grpc_server_instrumented() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES", GRPC_EXCLUDED_SERVICES)
-        instrumentor = GrpcAioInstrumentorServer()
-    instrumentor.instrument()
+        instrumentor = PlatformGrpcAioServerInstrumentor()
+        instrumentor.instrument()
     yield
     instrumentor.uninstrument()

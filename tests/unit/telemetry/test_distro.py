@@ -66,6 +66,10 @@ def test_the_distro_and_its_parts_are_registered_by_entry_point() -> None:
         == "app.telemetry.flask_instrumentation:PlatformFlaskInstrumentor"
     )
     assert (
+        names("opentelemetry_instrumentor")["platform_grpc_aio_server"]
+        == "app.telemetry.grpc_instrumentation:PlatformGrpcAioServerInstrumentor"
+    )
+    assert (
         names("opentelemetry_metrics_exporter")["prometheus_multiprocess"]
         == "app.telemetry.prometheus_bridge:PrometheusMultiprocessMetricReader"
     )
@@ -159,6 +163,31 @@ def test_disabled_instrumentations_choose_the_flask_instrumentation(
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=disabled,
     )
     assert (result["ours"], result["contrib"]) == (ours, contrib)
+
+
+@pytest.mark.parametrize(
+    ("disabled", "ours", "contrib"),
+    [
+        ("", True, False),
+        ("platform_grpc_aio_server", False, True),
+        ("grpc_aio_server", False, False),
+    ],
+)
+def test_disabled_instrumentations_choose_the_grpc_server_instrumentation(
+    disabled: str, ours: bool, contrib: bool
+) -> None:
+    result = probe(
+        """
+        distro.start_worker()
+        print(json.dumps({"patched_by": grpc.aio.server.__module__}))
+        """,
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=disabled,
+    )
+    patched_by = result["patched_by"]
+    assert (patched_by == "app.telemetry.grpc_instrumentation", patched_by.startswith("opentelemetry.")) == (
+        ours,
+        contrib,
+    )
 
 
 def test_sdk_disabled_leaves_the_worker_uninstrumented() -> None:
