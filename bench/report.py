@@ -10,6 +10,8 @@ from bench.stats import median
 from bench.variants import BARE, BASELINE, TRANSPORTS, VARIANT_ENVIRONMENT, Transport, summary
 
 SHIPPED, STOCK, DOWN = "shipped", "stock", "shipped-endpoint-down"
+# What `stock` swaps back to contrib's, per transport.
+SERVER_INSTRUMENTATION = {"http": "Flask", "grpc": "gRPC server"}
 LABEL = {"http": "HTTP", "grpc": "gRPC"}
 
 
@@ -56,13 +58,16 @@ def targets(results: Results) -> list[Target]:
             )
             for t in TRANSPORTS
         ],
-        (
-            "shipped / stock, HTTP (stock swaps only the Flask instrumentation)",
-            "> 1.0",
-            rate(SHIPPED, "http"),
-            rate(STOCK, "http"),
-            lambda v: v > 1.0,
-        ),
+        *[
+            (
+                f"shipped / stock, {LABEL[t]} (stock: contrib's {SERVER_INSTRUMENTATION[t]} instrumentation)",
+                "> 1.0",
+                rate(SHIPPED, t),
+                rate(STOCK, t),
+                lambda v: v > 1.0,
+            )
+            for t in TRANSPORTS
+        ],
         *[
             (
                 f"shipped-endpoint-down / shipped, {LABEL[t]}",

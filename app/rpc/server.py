@@ -167,8 +167,8 @@ class GrpcServer:
             max_workers=settings.grpc_handler_threads, thread_name_prefix="grpc-handler"
         )
         self._health = health.aio.HealthServicer()
-        # The gRPC instrumentation (opentelemetry-instrumentation-grpc, loaded by the distro) puts its
-        # server interceptor first, so its span wraps admission, errors and metrics; health and reflection
+        # The gRPC server instrumentation (app.telemetry.grpc_instrumentation, loaded by the distro) puts
+        # its interceptor first, so its span wraps admission, errors and metrics; health and reflection
         # are not traced (OTEL_PYTHON_GRPC_EXCLUDED_SERVICES, as /healthz over HTTP).
         server = grpc.aio.server(
             interceptors=[PlatformInterceptor(self._services, self._executor, self._instance_id)],

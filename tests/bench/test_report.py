@@ -37,12 +37,17 @@ def results() -> Results:
 
 def test_targets_are_ratios_with_a_verdict() -> None:
     found = {t.measure: t for t in targets(results())}
-    assert len(found) == 9
+    assert len(found) == 10
     framework = found["real read `off` / bare hello, HTTP"]
     assert framework.value == 0.6
     assert framework.row().endswith("| 0.60 | met |")
     assert found["shipped / off, real read, HTTP"].row().endswith("| 0.88 | met |")
-    assert found["shipped / stock, HTTP (stock swaps only the Flask instrumentation)"].row().endswith("met |")
+    assert found["shipped / stock, HTTP (stock: contrib's Flask instrumentation)"].row().endswith("met |")
+    assert (
+        found["shipped / stock, gRPC (stock: contrib's gRPC server instrumentation)"]
+        .row()
+        .endswith("| 1.31 | met |")
+    )
     assert found["RSS per worker, endpoint down / up"].row().endswith("| 1.25 | NOT MET |")
     assert found["p99 at half load, shipped / off, HTTP"].row().endswith("| 1.40 | NOT MET |")
     assert found["p99 at half load, shipped / off, gRPC"].row().endswith("| not measured | - |")
