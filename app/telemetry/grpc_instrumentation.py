@@ -14,8 +14,9 @@ by the full method (`/package.Service/Method`), kind SERVER, contrib's attribute
 `rpc.user_agent`), status ERROR with `"{code}:{details}"` for the codes contrib counts as server errors,
 UNSET otherwise; the trace continued from the caller's metadata.
 
-Why not contrib's: its interceptor costs about a fifth of a cached read's CPU (bench/RESULTS.md, variants
-`shipped` and `stock` over gRPC), in work repeated on every call. Here:
+Why not contrib's: its interceptor costs over a quarter of a cached read's CPU, three times this one's
+(docs/performance.md; bench/RESULTS.md, variants `shipped`, `stock` and `shipped-no-rpc-spans` over gRPC),
+in work repeated on every call. Here:
 - the wrapped handler is built once per method and reused while the next interceptor returns the same
   handler (contrib builds a new one per call);
 - the servicer context is not wrapped in a proxy that intercepts `set_code` and `abort`: the code and
