@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import threading
-import traceback
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextvars import ContextVar
 from time import perf_counter, time_ns
@@ -59,6 +58,7 @@ from opentelemetry.util.http import (
 
 from app.telemetry.buckets import DURATION_BUCKETS_S
 from app.telemetry.redaction import redact_text
+from app.telemetry.server_spans import always_extract, record_exception
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -69,7 +69,6 @@ RequestHook = Callable[[Span, "WSGIEnvironment"], None]
 ResponseHook = Callable[[Span, str, list[tuple[str, str]]], None]
 
 _MAX_ATTRIBUTE_SETS = 1024
-_DEFAULT_PROPAGATORS = {"tracecontext,baggage", "baggage,tracecontext"}
 
 
 class _EnvironGetter(Getter[Any]):
@@ -150,9 +149,7 @@ class _FlaskTelemetry:
         self._capture_response_headers = bool(
             os.environ.get(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
         )
-        propagators = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "")
-        # With other propagators (b3, jaeger...) the header names are unknown here: always extract.
-        self._always_extract = propagators not in _DEFAULT_PROPAGATORS
+        self._always_extract = always_extract()
 
     # -- the two seams ------------------------------------------------------------------------------------
     def wrap_wsgi(self, wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
@@ -345,16 +342,7 @@ class _FlaskTelemetry:
 def _record_exception(span: Span, exc: BaseException) -> None:
     if not span.is_recording():
         return
-    # Exception messages may quote request data: scrub them like log records.
-    span.record_exception(
-        exc,
-        attributes={
-            "exception.message": redact_text(str(exc)),
-            "exception.stacktrace": redact_text(
-                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            ),
-        },
-    )
+    record_exception(span, exc)
     span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextvars import Token
 from typing import Any
@@ -47,7 +46,9 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from app.telemetry.environment import listed
 from app.telemetry.redaction import redact_text
+from app.telemetry.server_spans import always_extract, record_exception
 
 SCOPE = "app.telemetry.grpc_instrumentation"
 EXCLUDED_SERVICES_ENV = "OTEL_PYTHON_GRPC_EXCLUDED_SERVICES"
@@ -68,8 +69,6 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 
 _MAX_METHODS = 1024
 _MAX_PEERS = 4096
-_DEFAULT_PROPAGATORS = {"tracecontext,baggage", "baggage,tracecontext"}
-_PROPAGATION_KEYS = ("traceparent", "baggage")
 _log = logging.getLogger(__name__)
 
 
@@ -86,14 +85,12 @@ class PlatformAioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         self._filter = filter_
         if excluded_services is None:
-            excluded_services = _listed(os.environ.get(EXCLUDED_SERVICES_ENV, ""))
+            excluded_services = list(listed(os.environ.get(EXCLUDED_SERVICES_ENV)))
         self._excluded = frozenset(excluded_services)
         # path -> (the next interceptor's handler, ours around it); bounded by the server's methods.
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._peers: dict[str, dict[str, str]] = {}
-        propagators = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "")
-        # With other propagators (b3, jaeger...) the key names are unknown here: always extract.
-        self._always_extract = propagators not in _DEFAULT_PROPAGATORS
+        self._always_extract = always_extract()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -181,7 +178,7 @@ class PlatformAioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[
     ) -> tuple[Span, Token[Context]]:
         metadata = dict(context.invocation_metadata() or ())
         parent = None
-        if self._always_extract or any(key in metadata for key in _PROPAGATION_KEYS):
+        if self._always_extract or "traceparent" in metadata or "baggage" in metadata:
             parent = propagate.extract(metadata)
         span_attributes = {**attributes, "rpc.grpc.status_code": 0, **self._peer(context.peer())}
         if agent := metadata.get("user-agent"):
@@ -224,22 +221,8 @@ def _end(span: Span, context: grpc.aio.ServicerContext) -> None:
 
 def _record_exception(span: Span, error: Exception) -> None:
     # Contrib's rule: a bare `Exception` is taken for an abort the context already reported.
-    if type(error) is Exception or not span.is_recording():
-        return
-    # Exception messages may quote request data: scrub them like log records.
-    span.record_exception(
-        error,
-        attributes={
-            "exception.message": redact_text(str(error)),
-            "exception.stacktrace": redact_text(
-                "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            ),
-        },
-    )
-
-
-def _listed(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
+    if type(error) is not Exception and span.is_recording():
+        record_exception(span, error)
 
 
 class PlatformGrpcAioServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -252,7 +235,7 @@ class PlatformGrpcAioServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def __init__(self, filter_: Filter | None = None) -> None:
         self._filter = filter_
         # Read here, as contrib does: the servers are created later, maybe under another environment.
-        self._excluded = _listed(os.environ.get(EXCLUDED_SERVICES_ENV, ""))
+        self._excluded = list(listed(os.environ.get(EXCLUDED_SERVICES_ENV)))
         self._original: Callable[..., grpc.aio.Server] | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
